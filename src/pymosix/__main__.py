@@ -1,0 +1,5 @@
+import sys
+
+from pymosix.cli.main import main
+
+sys.exit(main())
