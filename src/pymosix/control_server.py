@@ -116,7 +116,7 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         conn = ControlConnection(reader, writer)
         try:
             while True:
@@ -130,7 +130,8 @@ class ControlServer:
                 handler = self._handlers.get(req["op"])
                 if handler is None:
                     known = ", ".join(self.ops)
-                    await conn.send({"ok": False, "error": f"unknown op {req['op']!r} (known: {known})"})
+                    error = f"unknown op {req['op']!r} (known: {known})"
+                    await conn.send({"ok": False, "error": error})
                     continue
                 try:
                     reply = await handler(req, conn)
@@ -148,7 +149,7 @@ class ControlServer:
         except Exception:
             log.exception("control connection failed")
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

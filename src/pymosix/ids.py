@@ -30,7 +30,9 @@ def parse_node_id(text: str) -> NodeId:
     try:
         value = int(t, 16) if t.startswith("0x") else int(t, 10)
     except ValueError:
-        raise ValueError(f"{text!r} is not a node id (decimal like 25611 or hex like 0x640b)") from None
+        raise ValueError(
+            f"{text!r} is not a node id (decimal like 25611 or hex like 0x640b)"
+        ) from None
     if not 0 < value <= 0xFFFF:
         raise ValueError(f"node id {text!r} is out of range (1..65535)")
     return NodeId(value)
