@@ -1,0 +1,1 @@
+"""Load information: sampling, smoothing and normalisation of a node's load."""
