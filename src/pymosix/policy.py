@@ -277,10 +277,11 @@ class _Round:
         }
         self.load: dict[NodeId, float] = {nid: v.load for nid, v in self.peers.items()}
         self.mem: dict[NodeId, float] = {nid: float(v.mem_free) for nid, v in self.peers.items()}
-        # Moves this node made after a peer's information was measured are not in it yet.
+        # Moves this node made after a peer's information was measured are not in it yet; a
+        # move at the same instant counts too (counting twice delays a move, missing it ping-pongs).
         for mv in snap.recent_moves:
             v = self.peers.get(mv.target)
-            if v is not None and mv.at > snap.now - v.age_s:
+            if v is not None and mv.at >= snap.now - v.age_s:
                 self.load[mv.target] += job_load(mv.cpus, v.ncpus, v.speed)
                 self.mem[mv.target] -= mv.rss_bytes
         self.my_load = snap.me.load
