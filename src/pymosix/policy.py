@@ -161,6 +161,8 @@ def decide(snap: ClusterSnapshot) -> list[MigrationDecision]:
         (j for j in movable if scores.get(j.home_pid, 0.0) > 0.0),
         key=lambda j: (-scores[j.home_pid], j.rss_bytes, j.home_pid),
     )
+    if candidates and not round_.any_load_gap():
+        return decisions
     for job in candidates:
         if len(decisions) >= cfg.max_decisions:
             break
@@ -288,11 +290,22 @@ class _Round:
         self.mem_free = float(snap.me.mem_free)
         me = snap.me
         self._rpc = max(1.0, runnable_per_cpu(me.load, me.speed))
+        self._order: list[NodeId] | None = None
 
     def usable_peers(self) -> list[NodeId]:
         """Fresh peers, in a per-node shuffled order for tie-breaks."""
-        me = self.snap.self_id
-        return sorted(self.peers, key=lambda nid: _spread(me, nid))
+        if self._order is None:
+            me = self.snap.self_id
+            self._order = sorted(self.peers, key=lambda nid: _spread(me, nid))
+        return self._order
+
+    def any_load_gap(self) -> bool:
+        """Cheap test first: could any peer, even before adding a job, beat the threshold?"""
+        floor = min(
+            (max(self.load[nid], REFERENCE_SPEED / v.speed) for nid, v in self.peers.items()),
+            default=None,
+        )
+        return floor is not None and self.pressure_here() - floor > self.snap.config.threshold
 
     def demand(self, job: JobView) -> float:
         """CPUs the job would use alone: its share here scaled by how crowded this node is."""
