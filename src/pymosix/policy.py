@@ -125,6 +125,9 @@ class MigrationDecision:
     home_pid: int
     target: NodeId
     reason: str
+    #: The target's load as this node saw it, before the move; the offer carries it so that
+    #: the target can refuse offers made on stale information (see accept_offer).
+    target_load: float = 0.0
 
 
 def decide(snap: ClusterSnapshot) -> list[MigrationDecision]:
@@ -150,6 +153,7 @@ def decide(snap: ClusterSnapshot) -> list[MigrationDecision]:
                     target,
                     f"memory: {round_.mem_free / 2**20:.0f} MiB free of "
                     f"{snap.me.mem_total / 2**20:.0f} MiB",
+                    round_.load[target],
                 )
             )
             moved.add(job.home_pid)
@@ -176,6 +180,7 @@ def decide(snap: ClusterSnapshot) -> list[MigrationDecision]:
                 target,
                 f"load: pressure {round_.pressure_here():.2f} here, {gap:.2f} above the target's "
                 f"after the move (needed {needed:.2f})",
+                round_.load[target],
             )
         )
         round_.apply(job, target)
@@ -201,6 +206,18 @@ def best_node(snap: ClusterSnapshot, job: JobView, *, placing: bool = False) -> 
         if p < best_p - _EPS:
             best, best_p = nid, p
     return best
+
+
+def accept_offer(me: NodeView, job_home: NodeId, believed_load: float, cpus: float = 1.0) -> bool:
+    """The target's check of an incoming offer against its own fresh load.
+
+    Refuses guests while blocked, and offers made on stale information: when this node's load
+    (counting jobs already on their way here) has risen by half a job or more since the source
+    heard it, several nodes saw it idle at once; the sources will pick again with fresher news.
+    """
+    if me.block and job_home != me.node_id:
+        return False
+    return me.load < believed_load + 0.5 * job_load(cpus, me.ncpus, me.speed)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ crosses the source's link (one image at a time) at `bandwidth_bytes_per_s`.
 from __future__ import annotations
 
 import heapq
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ from pymosix.policy import (
     NodeView,
     PolicyConfig,
     RecentMove,
+    accept_offer,
     decide,
 )
 
 _DONE_EPS = 1e-9
+_MEASURED_AT = operator.attrgetter("measured_at")
+_LOAD = operator.attrgetter("view.load")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,7 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """A CPU-bound job: `work` reference-CPU seconds, started at `arrival_s` on node index `home`."""
+    """A CPU-bound job: `work` reference-CPU seconds, started at `arrival_s` on node `home`."""
 
     home: int
     work: float
@@ -112,6 +116,10 @@ class SimResult:
     makespan_s: float
     lower_bound_s: float
     migrations: int
+    #: Migrations decided before the first job ended (the rest rebalance the tail of the run).
+    migrations_before_first_exit: int
+    #: Offers the target refused (made on stale load information).
+    refusals: int
     max_migrations_per_job: int
     #: Largest spread of jobs per CPU between nodes over the samples (jobs in flight not counted).
     max_imbalance: float
@@ -141,10 +149,6 @@ def lower_bound(nodes: Sequence[NodeSpec], jobs: Sequence[JobSpec]) -> float:
     )
 
 
-def _by_age(e: _Entry) -> float:
-    return -e.measured_at
-
-
 class Simulation:
     """One seeded run over a simulated cluster."""
 
@@ -169,6 +173,8 @@ class Simulation:
         self._seq = 0
         self.now = 0.0
         self.migrations = 0
+        self.refusals = 0
+        self._early_migrations = 0
         self.finished = 0
         self.events = 0
         self.max_imbalance = 0.0
@@ -222,6 +228,8 @@ class Simulation:
             makespan_s=max(done) if len(done) == len(self.jobs) and done else float("inf"),
             lower_bound_s=lower_bound(self.specs, self.job_specs),
             migrations=self.migrations,
+            migrations_before_first_exit=self._early_migrations,
+            refusals=self.refusals,
             max_migrations_per_job=max((j.migrations for j in self.jobs), default=0),
             max_imbalance=self.max_imbalance,
             settled_imbalance=self.settled_imbalance,
@@ -271,6 +279,7 @@ class Simulation:
                 node.est = adjust(node.est, -1.0)
                 if self._first_done is None:
                     self._first_done = self.now
+                    self._early_migrations = self.migrations
             else:
                 left.append(j)
         node.jobs = left
@@ -307,11 +316,15 @@ class Simulation:
         if n < 2:
             return
         # Received entries pile up between ticks; the owner keeps the freshest, once per interval.
-        entries = sorted(node.table.values(), key=_by_age)
+        entries = sorted(node.table.values(), key=_MEASURED_AT, reverse=True)
         if len(entries) > cfg.vector_size:
             del entries[cfg.vector_size :]
             node.table = {e.view.node_id - 1: e for e in entries}
-        relay = entries[: cfg.relay]
+        # Pass on the freshest entries and the least loaded ones: news of idle nodes is what
+        # loaded nodes lack (MOSIX's gossip likewise favours what is useful to the receiver).
+        half = cfg.relay // 2
+        relay = entries[:half]
+        relay += sorted(entries[half:], key=_LOAD)[: cfg.relay - half]
         relay.append(mine)
         for _ in range(cfg.fanout):
             peer = self.nodes[(node.idx + self.rng.randrange(1, n)) % n]
@@ -338,9 +351,15 @@ class Simulation:
         share = min(1.0, node.spec.ncpus / len(node.jobs))
         jobs = tuple(
             JobView(
-                j.jid, me.node_id, NodeId(j.home + 1), now - j.arrival, share, j.rss,
-                last_migrated_at=j.last_migrated_at, migrations=j.migrations,
-            )  # fmt: skip
+                j.jid,
+                me.node_id,
+                NodeId(j.home + 1),
+                now - j.arrival,
+                share,
+                j.rss,
+                last_migrated_at=j.last_migrated_at,
+                migrations=j.migrations,
+            )
             for j in node.jobs
         )
         snap = ClusterSnapshot(me.node_id, now, jobs, peers, me, pol, tuple(node.recent))
@@ -349,16 +368,23 @@ class Simulation:
             return
         by_id = {j.jid: j for j in node.jobs}
         for d in decisions:
-            job = by_id.pop(d.home_pid)
             target = self.nodes[d.target - 1]
-            node.est = adjust(node.est, -share)
+            fresh = self._view(target)
+            if not accept_offer(fresh, NodeId(by_id[d.home_pid].home + 1), d.target_load):
+                # The refusal carries the target's load: the source's entry is fresh again.
+                node.table[target.idx] = _Entry(fresh, now)
+                self.refusals += 1
+                continue
+            job = by_id.pop(d.home_pid)
+            # A CPU-bound job is one runnable task, whatever share of the CPU it was getting.
+            node.est = adjust(node.est, -1.0)
             target.incoming += 1
             target.incoming_rss += job.rss
             # The freeze runs at once; the image then waits for the source's link.
             start = max(now + cfg.freeze_cost_s, node.link_free_at)
             node.link_free_at = start + job.rss / cfg.bandwidth_bytes_per_s
             self._push(node.link_free_at, self._LAND, job.jid, target.idx)
-            node.recent.append(RecentMove(d.target, now, share, job.rss))
+            node.recent.append(RecentMove(d.target, now, 1.0, job.rss))
             self.migrations += 1
         node.jobs = [j for j in node.jobs if j.jid in by_id]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from pymosix.sim.engine import JobSpec, NodeSpec, SimConfig, Simulation, SimResult
+from pymosix.sim.engine import JobSpec, NodeSpec, SimConfig, SimResult, Simulation
 
 MB = 2**20
 
@@ -25,13 +25,14 @@ def hotspot(
     specs = [NodeSpec() for _ in range(nodes)]
     hot = max(1, int(nodes * hot_fraction))
     jobs = [
-        JobSpec(home=i % hot, work=work_s, rss_bytes=rng.randint(2, 40) * MB)
-        for i in range(nodes)
+        JobSpec(home=i % hot, work=work_s, rss_bytes=rng.randint(2, 40) * MB) for i in range(nodes)
     ]
     return Simulation(specs, jobs, SimConfig(), seed=seed).run()
 
 
-def uneven(nodes: int = 2, seed: int = 0, jobs_per_node: int = 8, span_s: float = 60.0) -> SimResult:
+def uneven(
+    nodes: int = 2, seed: int = 0, jobs_per_node: int = 8, span_s: float = 60.0
+) -> SimResult:
     """Jobs of mixed lengths (1 s to 4 min) arriving at random times at the first node."""
     rng = random.Random(seed)
     specs = [NodeSpec() for _ in range(nodes)]

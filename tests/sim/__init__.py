@@ -1,0 +1,1 @@
+"""Simulator tier: seeded scenarios with asserted bounds."""
