@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from pymosix.policy import (
     NodeView,
     PolicyConfig,
     RecentMove,
+    accept_offer,
     best_node,
     decide,
 )
@@ -256,3 +259,28 @@ def test_best_node(s: ClusterSnapshot, placing: bool, expected: NodeId | None) -
 def test_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         PolicyConfig().threshold = 0.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("me", "home", "believed", "ok"),
+    [
+        pytest.param(node(N2, 0.0), N1, 0.0, True, id="as-believed"),
+        pytest.param(node(N2, 0.4), N1, 0.0, True, id="risen-less-than-half-a-job"),
+        pytest.param(node(N2, 1.0), N1, 0.0, False, id="stale-offer-refused"),
+        pytest.param(node(N2, 0.5, ncpus=2), N1, 0.0, False, id="half-a-job-on-two-cpus"),
+        pytest.param(node(N2, 0.0, block=True), N1, 0.0, False, id="blocked-refuses-guests"),
+        pytest.param(node(N2, 0.0, block=True), N2, 0.0, True, id="blocked-takes-own-job-home"),
+    ],
+)  # fmt: skip
+def test_accept_offer(me: NodeView, home: NodeId, believed: float, ok: bool) -> None:
+    assert accept_offer(me, home, believed) is ok
+
+
+def test_policy_sim_and_metric_import_no_io() -> None:
+    code = (
+        "import sys, pymosix.policy, pymosix.load.metric, pymosix.sim;"
+        "bad = {'asyncio', 'socket', 'subprocess'} & set(sys.modules);"
+        "print(sorted(bad)); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
