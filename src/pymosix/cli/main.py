@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pymosix.cli._common import run_tool
+
 #: subcommand -> (module under pymosix.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node", "run the node agent (one per host, as root)"),
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pymosix: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"pymosix.cli.{SUBCOMMANDS[name][0]}")
-    result: int = module.main(args[1:])
+    result: int = run_tool(f"pymosix {name}", lambda: int(module.main(args[1:])))
     return result
 
 
