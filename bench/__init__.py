@@ -1,0 +1,1 @@
+"""Benchmarks: ratios measured side by side in one run; results in bench/results/ (CSV + PNG)."""
