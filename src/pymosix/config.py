@@ -39,8 +39,6 @@ class NodeConfig:
     socket_path: Path = DEFAULT_SOCKET
     #: Multicast discovery (omdiscd's job). Off: only the static map counts.
     discovery: bool = True
-    #: Bind discovery to loopback only (for tests and single-host use): nothing leaves the host.
-    discovery_loopback: bool = False
     mcast_group: str = "239.255.77.77"
     mcast_port: int = 7077
     #: Unicast UDP port for load gossip.

@@ -1,0 +1,12 @@
+"""Assemble a node agent from its config: the agent plus every component, in start order."""
+
+from __future__ import annotations
+
+from pymosix.agent import NodeAgent
+from pymosix.config import NodeConfig
+
+
+def build_agent(config: NodeConfig) -> NodeAgent:
+    """The agent with its components; each is started in this order and stopped in reverse."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return NodeAgent(config)

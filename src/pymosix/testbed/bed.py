@@ -1,0 +1,438 @@
+"""TestBed: nodes node1..nodeN at 192.168.100.(10+i)/24, one network namespace each on one
+bridge, each with its own CPU(s) through a cpuset, its own state directory and agent, all sharing
+one generated cluster key (DESIGN.md §4).
+
+Every kernel object is named after the bed (netns ``pmx-BED-nodeI``, links ``pmx<tag>...``,
+cpusets ``pmx-BED-nodeI``) so that beds of parallel test runs never meet, and the state lives in
+``/run/pymosix-testbed/BED/bed.json`` so that any process can find, use and take down a bed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pymosix.control_client import call
+from pymosix.errors import PymosixError
+from pymosix.keys import write_key
+from pymosix.testbed import kernel
+from pymosix.testbed.kernel import CPUSET, ip
+
+ROOT = Path("/run/pymosix-testbed")
+#: Agents this process started, kept so they are reaped (and Popen does not warn) when killed.
+_started: dict[int, subprocess.Popen[bytes]] = {}
+SUBNET = "192.168.100"
+PREFIX = "pmx"
+
+
+def bed_tag(name: str) -> str:
+    """A short tag for link names, which the kernel limits to 15 characters."""
+    return hashlib.sha1(name.encode()).hexdigest()[:5]
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > 24 or not all(c.isalnum() or c in "-_" for c in name):
+        raise PymosixError(f"bed name {name!r}: use up to 24 letters, digits, '-' or '_'")
+    return name
+
+
+@dataclass
+class BedNode:
+    """One node of the bed."""
+
+    index: int
+    name: str
+    address: str
+    netns: str
+    veth: str
+    cpus: list[int]
+    cpuset: str
+    dir: str
+    agent_pid: int = 0
+
+    @property
+    def socket(self) -> Path:
+        return Path(self.dir) / "control.sock"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.dir) / "agent.log"
+
+    @property
+    def node_id(self) -> int:
+        return (100 << 8) | (10 + self.index)
+
+
+class TestBed:
+    """A running (or half-made) bed; `up()` makes one, `load()` finds one, `down()` removes it."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        name: str,
+        nodes: list[BedNode],
+        bridge: str,
+        key_file: Path,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.nodes = nodes
+        self.bridge = bridge
+        self.key_file = key_file
+        self.extra_args = list(extra_args)
+
+    # --- making and finding ----------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        nodes: int = 2,
+        name: str = "pymosix",
+        cpus_per_node: int = 1,
+        agents: Sequence[int] | None = None,
+        extra_args: Sequence[str] = (),
+        timeout_s: float = 30.0,
+    ) -> TestBed:
+        """Make the bed (cleaning leftovers of the same name first) and start the agents."""
+        check_name(name)
+        if not 1 <= nodes <= 200:
+            raise PymosixError("a test bed has 1 to 200 nodes")
+        if os.geteuid() != 0:
+            raise PymosixError("the test bed needs root (network namespaces, cgroups)")
+        down(name)
+        tag = bed_tag(name)
+        state = ROOT / name
+        state.mkdir(parents=True, mode=0o700)
+        key_file = state / "cluster.key"
+        write_key(key_file)
+        host = kernel.host_cpus()
+        bed_nodes = []
+        for i in range(1, nodes + 1):
+            first = ((i - 1) * cpus_per_node) % len(host)
+            cpus = sorted({host[(first + k) % len(host)] for k in range(cpus_per_node)})
+            bed_nodes.append(
+                BedNode(
+                    index=i,
+                    name=f"node{i}",
+                    address=f"{SUBNET}.{10 + i}",
+                    netns=f"{PREFIX}-{name}-node{i}",
+                    veth=f"{PREFIX}{tag}n{i}",
+                    cpus=cpus,
+                    cpuset=f"{PREFIX}-{name}-node{i}",
+                    dir=str(state / f"node{i}"),
+                )
+            )
+        bed = cls(name, bed_nodes, f"{PREFIX}b{tag}", key_file, extra_args)
+        bed.save()
+        try:
+            bed._make_network()
+            for node in bed.nodes:
+                Path(node.dir).mkdir(mode=0o700, exist_ok=True)
+                kernel.make_cpuset(node.cpuset, node.cpus)
+            for i in agents if agents is not None else range(1, nodes + 1):
+                bed.start_agent(i, wait=False)
+            for i in agents if agents is not None else range(1, nodes + 1):
+                bed.wait_ready(i, timeout_s)
+        except BaseException:
+            bed.down()
+            raise
+        return bed
+
+    @classmethod
+    def load(cls, name: str = "pymosix") -> TestBed:
+        path = ROOT / check_name(name) / "bed.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PymosixError(
+                f"no test bed named {name!r} is up (pymosix testbed up --name {name})"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise PymosixError(
+                f"{path}: unreadable bed state ({e}); 'pymosix testbed down --name {name}' cleans up"
+            ) from None
+        return cls(
+            name,
+            [BedNode(**n) for n in data["nodes"]],
+            data["bridge"],
+            Path(data["key_file"]),
+            data.get("extra_args", []),
+        )
+
+    def save(self) -> None:
+        data = {
+            "name": self.name,
+            "bridge": self.bridge,
+            "key_file": str(self.key_file),
+            "extra_args": self.extra_args,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+        path = ROOT / self.name / "bed.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+
+    def __enter__(self) -> TestBed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def _make_network(self) -> None:
+        ip("link", "add", self.bridge, "type", "bridge")
+        # Snooping off: with no IGMP querier on the bridge, snooping would drop discovery.
+        ip("link", "set", self.bridge, "type", "bridge", "mcast_snooping", "0")
+        ip("link", "set", self.bridge, "up")
+        for n in self.nodes:
+            ip("netns", "add", n.netns)
+            ip("link", "add", n.veth, "type", "veth", "peer", "name", n.veth + "p")
+            ip("link", "set", n.veth + "p", "netns", n.netns)
+            ip("-n", n.netns, "link", "set", n.veth + "p", "name", "eth0")
+            ip("link", "set", n.veth, "master", self.bridge)
+            ip("link", "set", n.veth, "up")
+            ip("-n", n.netns, "addr", "add", f"{n.address}/24", "dev", "eth0")
+            ip("-n", n.netns, "link", "set", "lo", "up")
+            ip("-n", n.netns, "link", "set", "eth0", "up")
+            ip("-n", n.netns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def node(self, which: int | str) -> BedNode:
+        """A node by index (1-based), by name (``node2``) or by address."""
+        for n in self.nodes:
+            if which in (n.index, n.name, n.address, str(n.index)):
+                return n
+        raise PymosixError(
+            f"no node {which!r} in test bed {self.name!r} (it has node1..node{len(self.nodes)})"
+        )
+
+    def _enter(self, node: BedNode) -> list[str]:
+        """argv prefix that runs the rest inside the node: its netns and its cpuset.
+
+        nsenter rather than `ip netns exec`, which remounts /sys and so hides the cgroup tree that
+        the agent's load sampler reads.
+        """
+        tasks = CPUSET / node.cpuset / "tasks"
+        script = f'echo $$ > {tasks} && exec "$@"'
+        return ["nsenter", f"--net=/run/netns/{node.netns}", "--", "sh", "-c", script, "sh"]
+
+    def env(self, node: BedNode) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYMOSIX_SOCKET"] = str(node.socket)
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+        return env
+
+    def exec_argv(self, which: int | str, argv: Sequence[str]) -> list[str]:
+        return [*self._enter(self.node(which)), *argv]
+
+    def exec(
+        self,
+        which: int | str,
+        argv: Sequence[str],
+        timeout_s: float = 60.0,
+        check: bool = False,
+        **kw: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the node, with the tools pointed at its agent; capture its output."""
+        node = self.node(which)
+        return subprocess.run(
+            self.exec_argv(node.index, argv),
+            env=self.env(node),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=check,
+            **kw,
+        )
+
+    def popen(self, which: int | str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        """Start argv inside the node in the background."""
+        node = self.node(which)
+        return subprocess.Popen(self.exec_argv(node.index, argv), env=self.env(node), **kw)
+
+    def call(self, which: int | str, op: str, **args: Any) -> dict[str, Any]:
+        return call(op, path=self.node(which).socket, timeout_s=10, **args)
+
+    # --- agents ----------------------------------------------------------------------------
+
+    def agent_argv(self, node: BedNode) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "pymosix",
+            "node",
+            "--address",
+            node.address,
+            "--interface",
+            "eth0",
+            "--key-file",
+            str(self.key_file),
+            "--state-dir",
+            str(Path(node.dir) / "state"),
+            "--socket",
+            str(node.socket),
+            *self.extra_args,
+        ]
+
+    def start_agent(self, which: int | str, wait: bool = True, timeout_s: float = 30.0) -> None:
+        node = self.node(which)
+        if self.agent_alive(node):
+            return
+        with node.log.open("ab") as logf:
+            proc = subprocess.Popen(
+                self.exec_argv(node.index, self.agent_argv(node)),
+                env=self.env(node),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=logf,
+                start_new_session=True,
+            )
+        node.agent_pid = proc.pid
+        _started[proc.pid] = proc
+        self.save()
+        if wait:
+            self.wait_ready(node.index, timeout_s)
+
+    def wait_ready(self, which: int | str, timeout_s: float = 30.0) -> None:
+        node = self.node(which)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(PymosixError, OSError):
+                self.call(node.index, "status")
+                return
+            if not self.agent_alive(node):
+                tail = (
+                    node.log.read_text(errors="replace").strip().splitlines()[-3:]
+                    if node.log.exists()
+                    else []
+                )
+                raise PymosixError(
+                    f"the agent of {node.name} exited: {' / '.join(tail) or 'no log'}"
+                )
+            if time.monotonic() > deadline:
+                raise PymosixError(
+                    f"the agent of {node.name} did not answer within {timeout_s:.0f} s (log: {node.log})"
+                )
+            time.sleep(0.05)
+
+    def agent_alive(self, node: BedNode) -> bool:
+        if not node.agent_pid:
+            return False
+        try:
+            state = Path(f"/proc/{node.agent_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(node.agent_pid, os.WNOHANG)
+            return False
+        return True
+
+    def stop_agent(self, which: int | str, timeout_s: float = 10.0) -> None:
+        """Clean shutdown (SIGTERM): the agent announces its leave."""
+        node = self.node(which)
+        if self.agent_alive(node):
+            os.kill(node.agent_pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while self.agent_alive(node) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self.kill_agent(which)
+
+    def kill_agent(self, which: int | str) -> None:
+        """A crash (SIGKILL): no leave is announced."""
+        node = self.node(which)
+        if node.agent_pid and self.agent_alive(node):
+            kernel.kill_pids([node.agent_pid])
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(node.agent_pid, os.WNOHANG)
+        node.agent_pid = 0
+        self.save()
+        _reap()
+
+    # --- status and teardown ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        rows = []
+        for n in self.nodes:
+            answers = False
+            with contextlib.suppress(PymosixError, OSError):
+                self.call(n.index, "status")
+                answers = True
+            rows.append(
+                {
+                    "node": n.name,
+                    "address": n.address,
+                    "node_id": n.node_id,
+                    "netns": n.netns,
+                    "cpus": n.cpus,
+                    "agent_pid": n.agent_pid if self.agent_alive(n) else None,
+                    "answers": answers,
+                    "socket": str(n.socket),
+                    "log": str(n.log),
+                }
+            )
+        return {"name": self.name, "bridge": self.bridge, "nodes": rows}
+
+    def down(self) -> None:
+        down(self.name)
+
+
+def down(name: str) -> None:
+    """Remove everything a bed of this name made, whether or not it came up whole."""
+    check_name(name)
+    tag = bed_tag(name)
+    ns_prefix = f"{PREFIX}-{name}-node"
+    namespaces = [ns for ns in kernel.netns_list() if ns.startswith(ns_prefix)]
+    cpusets = (
+        [p for p in CPUSET.glob(f"{PREFIX}-{name}-node*") if p.is_dir()] if CPUSET.exists() else []
+    )
+    # Processes first (agents, jobs, anything exec'd into a node), then the objects they held.
+    for ns in namespaces:
+        kernel.kill_pids(kernel.netns_pids(ns))
+    for cg in cpusets:
+        kernel.remove_cpuset(cg)
+    for ns in namespaces:
+        ip("netns", "delete", ns, check=False)
+    for link in kernel.links():
+        if link.startswith(f"{PREFIX}{tag}n") or link == f"{PREFIX}b{tag}":
+            ip("link", "delete", link, check=False)
+    shutil.rmtree(ROOT / name, ignore_errors=True)
+    _reap()
+
+
+def _reap() -> None:
+    """Collect agents of ours that have died."""
+    for pid, proc in list(_started.items()):
+        if proc.poll() is not None:
+            del _started[pid]
+
+
+def bed_names() -> list[str]:
+    """Beds with state on this machine, and names of leftovers without state."""
+    names = {p.name for p in ROOT.iterdir() if p.is_dir()} if ROOT.exists() else set()
+    for ns in kernel.netns_list():
+        if ns.startswith(f"{PREFIX}-") and "-node" in ns:
+            names.add(ns[len(PREFIX) + 1 : ns.rindex("-node")])
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def running_bed(**kw: Any) -> Iterator[TestBed]:
+    bed = TestBed.up(**kw)
+    try:
+        yield bed
+    finally:
+        bed.down()
