@@ -26,7 +26,7 @@ import psutil
 from pymosix import __version__
 from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer
-from pymosix.errors import AuthError, ConfigError, DecodeError
+from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
 from pymosix.mapfile import load_map
@@ -49,6 +49,25 @@ class Component(Protocol):
 
 
 DatagramHandler = Callable[[Envelope, str], None]
+
+
+@dataclass
+class NodeFlags:
+    """mosctl's switches for this node (openMosix's stay, lstay, block, quiet) and its speed."""
+
+    speed: int
+    #: No automatic migration away from this node.
+    stay: bool = False
+    #: Local jobs stay; guests may leave.
+    lstay: bool = False
+    #: Refuse guests.
+    block: bool = False
+    #: Stop sending load information.
+    quiet: bool = False
+
+
+#: Settings `mosctl` may change at run time, and their types.
+SETTABLE = {"speed": int, "stay": bool, "lstay": bool, "block": bool, "quiet": bool}
 
 
 @dataclass
@@ -128,6 +147,7 @@ class NodeAgent:
             migration_port=config.migration_port,
         )
         self.counters = Counters()
+        self.flags = NodeFlags(speed=config.speed)
         self.replay = ReplayGuard()
         self.control = ControlServer(config.socket_path)
         self.components: list[Component] = []
@@ -140,6 +160,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self.control.register("map", self._op_map)
         self.control.register("status", self._op_status)
+        self.control.register("set", self._op_set)
 
     # --- public API for components ---------------------------------------------------------
 
@@ -391,7 +412,25 @@ class NodeAgent:
             "map_file": str(self.config.map_file) if self.config.map_file else None,
             "key_file": str(self.config.key_file),
             "conflicts": len(self.cluster.conflicts),
+            "flags": asdict(self.flags),
         }
+
+    async def _op_set(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        name, value = req["name"], req["value"]
+        if name not in SETTABLE:
+            raise ValueError(f"no setting {name!r} (settable: {', '.join(SETTABLE)})")
+        if conn.peer.uid != 0:
+            raise PymosixError(f"only root may change {name}")
+        kind = SETTABLE[name]
+        if kind is int and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10_000_000
+        ):
+            raise ValueError(f"{name} must be a whole number from 1 to 10000000")
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false")
+        setattr(self.flags, name, value)
+        log.info("mosctl: %s set to %s", name, value)
+        return {"flags": asdict(self.flags)}
 
     # --- helpers ---------------------------------------------------------------------------
 

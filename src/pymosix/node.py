@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pymosix.agent import NodeAgent
 from pymosix.config import NodeConfig
+from pymosix.load.component import LoadComponent
+from pymosix.metrics import MetricsEndpoint
 
 
 def build_agent(config: NodeConfig) -> NodeAgent:
     """The agent with its components; each is started in this order and stopped in reverse."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    return NodeAgent(config)
+    agent = NodeAgent(config)
+    load = LoadComponent(agent)
+    agent.add_component(load)
+    if config.metrics_port:
+        agent.add_component(MetricsEndpoint(agent, load))
+    return agent

@@ -1,0 +1,113 @@
+"""The load vector table, the wire form of its entries, and the sampler on a fake /proc."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from pymosix.errors import DecodeError
+from pymosix.load.gossip import LoadEntry, LoadTable, choose_peers
+from pymosix.load.sampler import Sampler, own_cpuset, parse_cpu_list
+
+
+def entry(node_id: int, load: float, at: float) -> LoadEntry:
+    return LoadEntry(node_id, load, 0.5, 10000, 1, 100, 50, 0, 0, False, False, False, at)
+
+
+def test_freshest_entry_wins_and_own_entry_is_ours() -> None:
+    t = LoadTable(self_id=1, max_age_s=5.0)
+    t.set_own(entry(1, 0.0, 10.0))
+    known = {1, 2, 3}
+    assert t.update(entry(2, 1.0, 9.0), known)
+    assert not t.update(entry(2, 5.0, 8.0), known)  # older news
+    assert t.update(entry(2, 2.0, 9.5), known)
+    assert not t.update(entry(1, 9.0, 11.0), known)  # nobody else speaks for us
+    assert not t.update(entry(9, 1.0, 11.0), known)  # not in the map
+    assert t.entries[2].load == 2.0
+    assert t.expire(now=14.6) == [2]
+    assert list(t.entries) == [1]
+
+
+def test_wire_round_trip_keeps_age() -> None:
+    e = entry(7, 1.25, at=100.0)
+    wire = e.to_wire(now=100.4)
+    assert wire["age_ms"] == 400
+    back = LoadEntry.from_wire(wire, now=200.0)
+    assert back.measured_at == pytest.approx(199.6)
+    assert back.load == 1.25
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("x", id="not-a-map"),
+        pytest.param({"node_id": 1}, id="missing"),
+        pytest.param({**entry(1, 1, 0).to_wire(0), "ncpus": 0}, id="no-cpus"),
+        pytest.param({**entry(1, 1, 0).to_wire(0), "node_id": 70000}, id="bad-id"),
+        pytest.param({**entry(1, 1, 0).to_wire(0), "load": "high"}, id="bad-load"),
+    ],
+)
+def test_bad_entries_are_decode_errors(bad: object) -> None:
+    with pytest.raises(DecodeError):
+        LoadEntry.from_wire(bad, now=0.0)
+
+
+def test_report_relays_least_loaded_first_and_is_bounded() -> None:
+    t = LoadTable(self_id=1, max_age_s=5.0)
+    t.set_own(entry(1, 3.0, 0.0))
+    for n in range(2, 30):
+        t.update(entry(n, float(n), 0.0), set(range(1, 30)))
+    report = t.report(now=0.0, rng=random.Random(1), k=6)
+    assert report[0]["node_id"] == 1
+    assert len(report) == 7
+    assert [r["node_id"] for r in report[1:4]] == [2, 3, 4]
+
+
+def test_choose_peers_is_a_random_subset() -> None:
+    rng = random.Random(3)
+    picks = choose_peers(list(range(10)), 3, rng)
+    assert len(set(picks)) == 3
+    assert choose_peers([5], 3, rng) == [5]
+    seen = {p for _ in range(200) for p in choose_peers(list(range(10)), 3, rng)}
+    assert seen == set(range(10))
+
+
+def fake_proc(
+    tmp_path: Path, states: dict[int, str], cgroup: str = "3:cpuset:/node1"
+) -> tuple[Path, Path]:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(f"{cgroup}\n4:memory:/\n")
+    for tid, state in states.items():
+        (proc / str(tid)).mkdir()
+        (proc / str(tid) / "stat").write_text(f"{tid} (perl x) {state} 1 2 3\n")
+    (proc / "stat").write_text(
+        "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 5 0 5 40 0 0 0 0\ncpu1 5 0 5 40 0 0 0 0\nprocs_running 4\n"
+    )
+    root = tmp_path / "cpuset"
+    (root / "node1" / "job").mkdir(parents=True)
+    (root / "node1" / "cpuset.cpus").write_text("1\n")
+    (root / "node1" / "tasks").write_text("101\n102\n")
+    (root / "node1" / "job" / "tasks").write_text("103\n")
+    return proc, root
+
+
+def test_sampler_counts_runnable_tasks_of_its_cpuset(tmp_path: Path) -> None:
+    proc, root = fake_proc(tmp_path, {101: "R", 102: "S", 103: "R", 999: "R"})
+    s = Sampler(proc=proc, cpuset_root=root)
+    assert s.cpus == [1]
+    assert s.runnable() == 2  # 101 and 103 (in a child cgroup); 999 is another node's
+    assert s.cpu_times().busy == 10
+
+
+def test_sampler_outside_a_cpuset_uses_the_run_queue(tmp_path: Path) -> None:
+    proc, root = fake_proc(tmp_path, {}, cgroup="3:cpuset:/")
+    assert own_cpuset(proc, root) is None
+    s = Sampler(proc=proc, cpuset_root=root)
+    assert s.runnable() == 3  # procs_running less the agent itself
+
+
+def test_parse_cpu_list() -> None:
+    assert parse_cpu_list("0-2,5\n") == [0, 1, 2, 5]
