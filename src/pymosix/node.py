@@ -6,6 +6,7 @@ from pymosix.agent import NodeAgent
 from pymosix.config import NodeConfig
 from pymosix.load.component import LoadComponent
 from pymosix.metrics import MetricsEndpoint
+from pymosix.migration.engine import MigrationEngine
 
 
 def build_agent(config: NodeConfig) -> NodeAgent:
@@ -14,6 +15,7 @@ def build_agent(config: NodeConfig) -> NodeAgent:
     agent = NodeAgent(config)
     load = LoadComponent(agent)
     agent.add_component(load)
+    agent.add_component(MigrationEngine(agent, load))
     if config.metrics_port:
         agent.add_component(MetricsEndpoint(agent, load))
     return agent

@@ -16,9 +16,11 @@ def make_bed() -> Iterator[Callable[..., TestBed]]:
     """make_bed(nodes=2, **kw) -> a running bed; every bed made is taken down after the test."""
     beds: list[TestBed] = []
 
-    def make(nodes: int = 2, **kw: object) -> TestBed:
+    def make(nodes: int = 2, converge: bool = True, **kw: object) -> TestBed:
         bed = TestBed.up(nodes=nodes, name=f"t{secrets.token_hex(3)}", **kw)  # type: ignore[arg-type]
         beds.append(bed)
+        if converge and "agents" not in kw:
+            bed.wait_converged()
         return bed
 
     try:

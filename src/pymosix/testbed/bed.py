@@ -328,6 +328,22 @@ class TestBed:
                 )
             time.sleep(0.05)
 
+    def wait_converged(self, timeout_s: float = 10.0) -> None:
+        """Until every running agent's map lists every running node."""
+        running = [n for n in self.nodes if self.agent_alive(n)]
+        want = {n.node_id for n in running}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(PymosixError, OSError):
+                if all(
+                    {m["node_id"] for m in self.call(n.index, "map")["nodes"]} == want
+                    for n in running
+                ):
+                    return
+            if time.monotonic() > deadline:
+                raise PymosixError(f"the maps did not converge within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
     def agent_alive(self, node: BedNode) -> bool:
         if not node.agent_pid:
             return False

@@ -1,0 +1,509 @@
+"""The migration engine: the agent component that starts jobs for mosrun, keeps the jobs whose
+home is here and the jobs that run here, moves jobs between nodes, and answers mps/migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pymosix.control_server import ControlConnection
+from pymosix.errors import AuthError, CriuError, DecodeError, MigrationError, PymosixError
+from pymosix.ids import format_node_id
+from pymosix.migration.channel import Channel, accept_channel, open_channel
+from pymosix.migration.criu import CriuDriver
+from pymosix.migration.home import HomeJob
+from pymosix.migration.hosted import HostedJob, JobMeta
+from pymosix.migration.link import ChannelLink, Frame, LocalLink
+from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, spawn_job
+
+if TYPE_CHECKING:
+    from pymosix.agent import NodeAgent
+    from pymosix.load.component import LoadComponent
+
+log = logging.getLogger(__name__)
+
+#: Largest image accepted from a peer (a guard, not a quota).
+MAX_IMAGE_BYTES = 64 * 1024**3
+
+
+def _groups_of(pid: int) -> list[int]:
+    try:
+        line = next(
+            ln
+            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ln.startswith("Groups:")
+        )
+    except (OSError, StopIteration):
+        return []
+    return [int(g) for g in line.split()[1:]]
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class MigrationEngine:
+    """Jobs and their moves on one node."""
+
+    def __init__(self, agent: NodeAgent, load: LoadComponent | None = None) -> None:
+        self.agent = agent
+        self.load = load
+        self.criu = CriuDriver(agent.config.criu)
+        self.image_root = Path("/dev/shm") / f"pymosix-{agent.node_id:04x}-{os.getpid()}"
+        self.home_jobs: dict[int, HomeJob] = {}
+        self.hosted: dict[tuple[int, int], HostedJob] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        for op, handler in (
+            ("run", self._op_run),
+            ("jobs", self._op_jobs),
+            ("migrate", self._op_migrate),
+            ("expel", self._op_expel),
+            ("bring", self._op_bring),
+        ):
+            agent.control.register(op, handler)
+        if load is not None:
+            load.job_counts = self.job_counts
+
+    # --- life --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        become_subreaper()
+        self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._server = await asyncio.start_server(
+            self._accept, self.agent.address, self.agent.config.migration_port
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for job in list(self.hosted.values()):
+            job.deliver_signal(9)
+        for t in list(self._conns):
+            t.cancel()
+        shutil.rmtree(self.image_root, ignore_errors=True)
+
+    def job_counts(self) -> tuple[int, int]:
+        me = self.agent.node_id
+        local = sum(
+            1 for j in self.hosted.values() if j.meta.home_node == me and j.state == "running"
+        )
+        return local, sum(
+            1 for j in self.hosted.values() if j.meta.home_node != me and j.state == "running"
+        )
+
+    def hosted_gone(self, job: HostedJob) -> None:
+        key = (job.meta.home_node, job.meta.home_pid)
+        if self.hosted.get(key) is job:
+            del self.hosted[key]
+            if self.load is not None:
+                self.load.job_moved(-1)
+
+    def home_gone(self, job: HomeJob) -> None:
+        if self.home_jobs.get(job.meta.home_pid) is job:
+            del self.home_jobs[job.meta.home_pid]
+
+    def _add_hosted(self, job: HostedJob) -> None:
+        self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
+        job.start()
+        if self.load is not None:
+            self.load.job_moved(+1)
+
+    # --- mosrun ------------------------------------------------------------------------------
+
+    async def _op_run(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any] | None:
+        argv = [str(a) for a in req["argv"]]
+        if not argv:
+            raise PymosixError("nothing to run")
+        home_pid = conn.peer.pid
+        if home_pid in self.home_jobs:
+            raise PymosixError(f"process {home_pid} already has a job here")
+        meta = JobMeta(
+            home_pid=home_pid,
+            home_node=self.agent.node_id,
+            uid=conn.peer.uid,
+            argv=argv,
+            started_at=time.time(),
+            locked=bool(req.get("lock")),
+            allowed_nodes=[int(n) for n in req["nodes"]] if req.get("nodes") else None,
+        )
+        spec = JobSpec(
+            argv,
+            cwd=str(req.get("cwd") or "/"),
+            env={str(k): str(v) for k, v in dict(req.get("env") or {}).items()},
+            uid=conn.peer.uid,
+            gid=conn.peer.gid,
+            groups=_groups_of(conn.peer.pid),
+        )
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = spawn_job(spec, in_r, out_w, err_w)
+        except SpawnError as e:
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise PymosixError(str(e)) from None
+        for fd in (out_w, err_w):
+            os.close(fd)
+        host_end, home_end = LocalLink.pair()
+        hosted = HostedJob(
+            self, meta, pid, in_w, in_r, {1: out_r, 2: err_r}, host_end, time.monotonic()
+        )
+        home = HomeJob(
+            self, meta, conn, home_end, self.agent.node_id, user=_user_name(conn.peer.uid)
+        )
+        self.home_jobs[home_pid] = home
+        self._add_hosted(hosted)
+        log.info("job %d started for uid %d: %s", home_pid, conn.peer.uid, " ".join(argv)[:200])
+        await conn.send(
+            {"ok": True, "t": "started", "home_pid": home_pid, "node": self.agent.node_id}
+        )
+        serving = asyncio.create_task(home.serve())
+        target = await self._initial_target(req, meta)
+        if target is not None and target != self.agent.node_id:
+            try:
+                await home.move(target)
+            except MigrationError as e:
+                if req.get("fallback"):
+                    await conn.send(
+                        {
+                            "t": "error",
+                            "message": f"could not start on node {target} ({e}); running at home",
+                        }
+                    )
+                else:
+                    await conn.send(
+                        {"t": "error", "message": f"could not start on node {target}: {e}"}
+                    )
+                    await home.to_host(Frame.KILL, {})
+        await serving
+        return None
+
+    async def _initial_target(self, req: dict[str, Any], meta: JobMeta) -> int | None:
+        where = req.get("where")
+        if where is not None:
+            return int(where)
+        if req.get("best") or req.get("nodes"):
+            balancer = getattr(self.agent, "balancer", None)
+            if balancer is not None:
+                best: int | None = balancer.best_node_for(meta)
+                return best
+            if meta.allowed_nodes:
+                return meta.allowed_nodes[0]
+        return None
+
+    # --- moving ------------------------------------------------------------------------------
+
+    async def migrate_hosted(self, job: HostedJob, target: int) -> int:
+        """Move a job that runs here to `target` (a node id)."""
+        if target == self.agent.node_id:
+            raise MigrationError(
+                f"job {job.meta.home_pid} already runs on node {format_node_id(target)}"
+            )
+        entry = self.agent.cluster.get(target)  # type: ignore[arg-type]
+        if entry is None:
+            raise MigrationError(
+                f"node {target} ({format_node_id(target)}) is not in the map (see showmap)"
+            )
+        port = entry.migration_port or self.agent.config.migration_port
+        await job.migrate_out(entry.address, port, target)
+        if self.load is not None:
+            self.load.table.adjust(target, 1.0)
+        return target
+
+    def _find_home_job(self, pid: int) -> HomeJob:
+        job = self.home_jobs.get(pid)
+        if job is None:
+            raise PymosixError(
+                f"no job with home PID {pid} on this node (mosrun starts migratable jobs; see mps)"
+            )
+        return job
+
+    def resolve_target(self, job: HomeJob, target: Any) -> int:
+        if target == "home":
+            return self.agent.node_id
+        if target == "balance":
+            balancer = getattr(self.agent, "balancer", None)
+            if balancer is None:
+                raise PymosixError("automatic balancing is off on this node")
+            best: int | None = balancer.best_node_for(job.meta, current=job.node)
+            if best is None or best == job.node:
+                raise PymosixError(f"job {job.meta.home_pid} is best where it is (node {job.node})")
+            return best
+        return int(target)
+
+    async def _op_migrate(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        job = self._find_home_job(int(req["pid"]))
+        if conn.peer.uid not in (0, job.meta.uid):
+            raise PymosixError(f"job {job.meta.home_pid} belongs to another user")
+        target = self.resolve_target(job, req["target"])
+        if target == job.node:
+            raise PymosixError(
+                f"job {job.meta.home_pid} already runs on node {target} ({format_node_id(target)})"
+            )
+        start = time.monotonic()
+        node = await job.move(target)
+        return {
+            "home_pid": job.meta.home_pid,
+            "node": node,
+            "seconds": round(time.monotonic() - start, 3),
+        }
+
+    async def _op_jobs(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        rows = []
+        me = self.agent.node_id
+        for j in self.home_jobs.values():
+            rows.append(
+                {
+                    "home_pid": j.meta.home_pid,
+                    "user": j.user,
+                    "node": j.node,
+                    "home_node": me,
+                    "guest": False,
+                    "state": j.state,
+                    "cpu": j.cpu_percent,
+                    "rss": j.rss,
+                    "migrations": j.meta.migrations,
+                    "locked": j.meta.locked,
+                    "command": " ".join(j.meta.argv),
+                }
+            )
+        for h in self.hosted.values():
+            if h.meta.home_node != me:
+                rows.append(
+                    {
+                        "home_pid": h.meta.home_pid,
+                        "user": _user_name(h.meta.uid),
+                        "node": me,
+                        "home_node": h.meta.home_node,
+                        "guest": True,
+                        "state": h.state,
+                        "cpu": h.cpu_percent,
+                        "rss": h.rss,
+                        "migrations": h.meta.migrations,
+                        "locked": h.meta.locked,
+                        "command": " ".join(h.meta.argv),
+                        "pid": h.pid,
+                    }
+                )
+            elif h.meta.home_pid in self.home_jobs:
+                rows[[r["home_pid"] for r in rows].index(h.meta.home_pid)]["pid"] = h.pid
+        return {"node_id": me, "jobs": rows}
+
+    async def _op_expel(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        """Send every guest home; this node blocks guests from now on."""
+        self.agent.flags.block = True
+        me = self.agent.node_id
+        guests = [h for h in self.hosted.values() if h.meta.home_node != me]
+        results = await asyncio.gather(
+            *(self.migrate_hosted(h, h.meta.home_node) for h in guests), return_exceptions=True
+        )
+        failed = [
+            f"{h.meta.home_pid}: {r}"
+            for h, r in zip(guests, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
+        if failed:
+            raise PymosixError("some guests could not be sent home: " + "; ".join(failed))
+        return {"expelled": len(guests), "message": f"expelled {len(guests)} guest(s); block is on"}
+
+    async def _op_bring(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        """Bring every job of this node home; its local jobs stay from now on."""
+        self.agent.flags.lstay = True
+        me = self.agent.node_id
+        away = [j for j in self.home_jobs.values() if j.node != me]
+        results = await asyncio.gather(*(j.move(me) for j in away), return_exceptions=True)
+        failed = [
+            f"{j.meta.home_pid}: {r}"
+            for j, r in zip(away, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
+        if failed:
+            raise PymosixError("some jobs could not come home: " + "; ".join(failed))
+        return {"brought": len(away), "message": f"brought {len(away)} job(s) home; lstay is on"}
+
+    # --- the other agents --------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            ch = await accept_channel(reader, writer, self.agent.key, self.agent.node_id)
+        except (AuthError, DecodeError, TimeoutError, ConnectionError, OSError) as e:
+            log.warning("refused a migration-channel connection: %s", e)
+            self.agent.counters.rejected_auth += 1
+            writer.close()
+            self._conns.discard(task)
+            return
+        keep = False
+        try:
+            kind, p = await asyncio.wait_for(ch.recv(), 30)
+            if kind == Frame.ATTACH:
+                home = self.home_jobs.get(int(p["home_pid"]))
+                if home is None or home.meta.home_node != self.agent.node_id:
+                    await ch.send(Frame.KILL, {})
+                else:
+                    await home.attach(ChannelLink(ch), int(p["node"]))
+                    keep = True
+            elif kind == Frame.MIGRATE:
+                keep = await self._receive(ch, p)
+        except (
+            EOFError,
+            AuthError,
+            DecodeError,
+            TimeoutError,
+            KeyError,
+            ValueError,
+            TypeError,
+            OSError,
+        ) as e:
+            log.warning("migration channel from node %d: %s", ch.peer_id, e)
+        finally:
+            if not keep:
+                await ch.aclose()
+            self._conns.discard(task)
+
+    async def _receive(self, ch: Channel, p: dict[str, Any]) -> bool:
+        """An incoming job: take the image, restore it, tell its home where it is now."""
+        meta = JobMeta.from_wire(p["meta"])
+        me = self.agent.node_id
+        if self.agent.flags.block and meta.home_node != me:
+            await self._drain_files(ch, None)
+            await ch.send(
+                Frame.FAILED, {"error": f"node {format_node_id(me)} blocks guests (mosctl noblock)"}
+            )
+            return False
+        images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
+        images.mkdir(mode=0o700)
+        try:
+            await self._drain_files(ch, images)
+            keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
+            hosted = await self._restore(
+                meta, images, keys, bytes(p.get("stdin") or b""), bool(p.get("stdin_eof"))
+            )
+        except (CriuError, MigrationError, OSError, ValueError) as e:
+            log.warning("could not take job %d: %s", meta.home_pid, e)
+            await ch.send(Frame.FAILED, {"error": str(e)})
+            return False
+        finally:
+            shutil.rmtree(images, ignore_errors=True)
+        try:
+            await self._link_home(hosted)
+        except (OSError, EOFError, AuthError, TimeoutError) as e:
+            hosted.deliver_signal(9)
+            await ch.send(
+                Frame.FAILED, {"error": f"restored, but could not reach its home node: {e}"}
+            )
+            return False
+        self._add_hosted(hosted)
+        await ch.send(Frame.RESTORED, {"pid": hosted.pid})
+        log.info(
+            "job %d arrived from node %d (pid %d here, move %d)",
+            meta.home_pid,
+            ch.peer_id,
+            hosted.pid,
+            meta.migrations,
+        )
+        return False
+
+    async def _drain_files(self, ch: Channel, images: Path | None) -> None:
+        total = 0
+        handle = None
+        try:
+            while True:
+                kind, p = await asyncio.wait_for(ch.recv(), 60)
+                if kind == Frame.DONE:
+                    return
+                if kind != Frame.FILE:
+                    raise DecodeError(f"unexpected frame {kind} in an image")
+                name = str(p["name"])
+                if "/" in name or name.startswith(".") or not name:
+                    raise DecodeError(f"bad image file name {name!r}")
+                data = bytes(p["data"])
+                total += len(data)
+                if total > MAX_IMAGE_BYTES:
+                    raise MigrationError("image too large")
+                if images is None:
+                    continue
+                if p.get("first"):
+                    if handle is not None:
+                        handle.close()
+                    handle = (images / name).open("wb")
+                    os.chmod(images / name, 0o600)
+                if handle is None:
+                    raise DecodeError("image data before its file")
+                handle.write(data)
+        finally:
+            if handle is not None:
+                handle.close()
+
+    async def _restore(
+        self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool
+    ) -> HostedJob:
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        inherit = {in_r: keys[0], out_w: keys[1]}
+        if keys[2] != keys[1]:
+            inherit[err_w] = keys[2]
+        try:
+            result = await self.criu.restore(images, inherit)
+        except BaseException:
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        for fd in (out_w, err_w):
+            os.close(fd)
+        job = HostedJob(
+            self,
+            meta,
+            result.pid,
+            in_w,
+            in_r,
+            {1: out_r, 2: err_r},
+            link=LocalLink.pair()[0],
+            arrived_at=time.monotonic(),
+            stdin_eof=stdin_eof,
+        )
+        job.pending_in += stdin
+        return job
+
+    async def _link_home(self, job: HostedJob) -> None:
+        me = self.agent.node_id
+        if job.meta.home_node == me:
+            home = self.home_jobs.get(job.meta.home_pid)
+            if home is None:
+                raise OSError("its deputy (mosrun) is gone")
+            host_end, home_end = LocalLink.pair()
+            job.link = host_end
+            await home.attach(home_end, me)
+            return
+        entry = self.agent.cluster.get(job.meta.home_node)  # type: ignore[arg-type]
+        if entry is None:
+            raise OSError(f"home node {job.meta.home_node} is not in the map")
+        ch = await open_channel(
+            entry.address,
+            entry.migration_port or self.agent.config.migration_port,
+            self.agent.key,
+            me,
+        )
+        await ch.send(Frame.ATTACH, {"home_pid": job.meta.home_pid, "node": me})
+        job.link = ChannelLink(ch)
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._server is not None:
+                await self._server.wait_closed()

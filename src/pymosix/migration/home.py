@@ -1,0 +1,199 @@
+"""A job as its home node holds it: the deputy's side. mosrun's connection on one end, a link to
+wherever the job runs on the other; stdin, signals and the exit status pass through here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pymosix.control_server import ControlConnection
+from pymosix.errors import MigrationError
+from pymosix.migration.hosted import JobMeta
+from pymosix.migration.link import Frame, Link
+
+if TYPE_CHECKING:
+    from pymosix.migration.engine import MigrationEngine
+
+log = logging.getLogger(__name__)
+
+#: How long home waits for a job whose link broke to reappear on another node.
+REATTACH_S = 30.0
+#: After mosrun is gone, how long to wait for the job's death to be confirmed.
+KILL_WAIT_S = 10.0
+
+
+@dataclass
+class HomeJob:
+    """One job whose home (deputy) is this node."""
+
+    engine: MigrationEngine
+    meta: JobMeta
+    conn: ControlConnection
+    link: Link
+    node: int
+    user: str = ""
+    state: str = "running"
+    cpu_percent: float = 0.0
+    rss: int = 0
+    exit: dict[str, Any] | None = None
+    paused: bool = False
+    held: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    move_result: asyncio.Future[dict[str, Any]] | None = None
+    _attached: asyncio.Event = field(default_factory=asyncio.Event)
+    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve(self) -> None:
+        """Relay until the job exits, or until mosrun goes (then the job is killed, wherever)."""
+        from_user = asyncio.create_task(self._from_user())
+        from_host = asyncio.create_task(self._from_host())
+        try:
+            done, _ = await asyncio.wait(
+                {from_user, from_host}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if from_user in done and not self._exited.is_set():
+                log.info(
+                    "mosrun of job %d is gone: killing the job on node %d",
+                    self.meta.home_pid,
+                    self.node,
+                )
+                await self.to_host(Frame.KILL, {})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._exited.wait(), KILL_WAIT_S)
+        finally:
+            for t in (from_user, from_host):
+                t.cancel()
+            for t in (from_user, from_host):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self.link.close()
+            self.engine.home_gone(self)
+
+    async def to_host(self, kind: int, payload: dict[str, Any]) -> None:
+        if self.paused and kind in (Frame.IN, Frame.EOF):
+            self.held.append((kind, payload))
+            return
+        try:
+            await self.link.send(kind, payload)
+        except EOFError:
+            if kind != Frame.KILL:
+                self.held.append((kind, payload))
+
+    async def _to_user(self, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.conn.send(msg)
+
+    async def _from_user(self) -> None:
+        while True:
+            try:
+                line = await self.conn.reader.readline()
+            except (ConnectionError, ValueError):
+                return
+            if not line:
+                return
+            try:
+                msg = json.loads(line)
+                kind = msg["t"]
+                if kind == "in":
+                    await self.to_host(Frame.IN, {"data": base64.b64decode(msg["d"])})
+                elif kind == "eof":
+                    await self.to_host(Frame.EOF, {})
+                elif kind == "sig":
+                    sig = int(msg["n"])
+                    if sig not in signal.valid_signals():
+                        raise ValueError(sig)
+                    await self.to_host(Frame.SIGNAL, {"sig": sig})
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("job %d: bad message from mosrun ignored: %s", self.meta.home_pid, e)
+
+    async def _from_host(self) -> None:
+        while True:
+            link = self.link
+            try:
+                kind, p = await link.recv()
+            except EOFError:
+                if self.link is not link:
+                    self._attached.clear()
+                    continue  # the job moved: read from its new node
+                try:
+                    await asyncio.wait_for(self._attached.wait(), REATTACH_S)
+                except TimeoutError:
+                    log.error("job %d: lost contact with node %d", self.meta.home_pid, self.node)
+                    await self._to_user(
+                        {
+                            "t": "error",
+                            "message": f"lost contact with node {self.node}, where the job ran",
+                        }
+                    )
+                    await self._to_user({"t": "exit", "code": 255, "signal": None})
+                    self._exited.set()
+                    return
+                self._attached.clear()
+                continue
+            if kind == Frame.OUT:
+                await self._to_user(
+                    {
+                        "t": "out",
+                        "fd": int(p["fd"]),
+                        "d": base64.b64encode(bytes(p["data"])).decode(),
+                    }
+                )
+            elif kind == Frame.EXIT:
+                self.exit = p
+                self.state = "exited"
+                await self._to_user({"t": "exit", "code": p.get("code"), "signal": p.get("signal")})
+                self._exited.set()
+                return
+            elif kind == Frame.STATS:
+                self.cpu_percent, self.rss = float(p["cpu"]), int(p["rss"])
+            elif kind == Frame.PAUSE:
+                self.paused = True
+                await self.to_host(Frame.PAUSED, {})
+            elif kind == Frame.RESUME:
+                await self._release_held(link)
+            elif kind == Frame.FLUSHED:
+                await self.to_host(Frame.FLUSH_ACK, {})
+            elif (
+                kind == Frame.MOVED and self.move_result is not None and not self.move_result.done()
+            ):
+                self.move_result.set_result(p)
+
+    async def _release_held(self, link: Link) -> None:
+        while self.held:
+            kind, payload = self.held.pop(0)
+            try:
+                await link.send(kind, payload)
+            except EOFError:
+                self.held.insert(0, (kind, payload))
+                return
+        self.paused = False
+
+    async def attach(self, link: Link, node: int) -> None:
+        """The job now runs on `node`, reachable over `link` (after a migration)."""
+        self.link = link
+        self.node = node
+        self.meta.migrations += 1
+        await self._release_held(link)
+        self._attached.set()
+        if self.move_result is not None and not self.move_result.done():
+            self.move_result.set_result({"ok": True, "node": node})
+        await self._to_user({"t": "moved", "node": node})
+
+    async def move(self, target: int) -> int:
+        """Ask the node the job runs on to move it to `target`; the node it runs on afterwards."""
+        if self.move_result is not None and not self.move_result.done():
+            raise MigrationError(f"job {self.meta.home_pid} is already moving")
+        self.move_result = asyncio.get_running_loop().create_future()
+        await self.to_host(Frame.MOVE, {"target": target})
+        try:
+            result = await asyncio.wait_for(self.move_result, 300)
+        except TimeoutError:
+            raise MigrationError("no answer from the node the job runs on") from None
+        if not result.get("ok"):
+            raise MigrationError(str(result.get("error", "migration failed")))
+        return int(result["node"])

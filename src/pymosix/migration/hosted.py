@@ -1,0 +1,470 @@
+"""A job as the node it runs on holds it: its process, its stdio pipes, its link home, and the
+way out (migration to another node) with rollback if anything fails.
+
+Stdio order across a move (not one byte lost, duplicated or reordered): before freezing, home is
+asked to pause stdin; after the freeze, what the job wrote is drained and flushed home and home
+acknowledges it; what it had not read yet is read back out of its stdin pipe (the agent keeps a
+read end) and travels with the image, to be written first into the new pipe on the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import signal
+import struct
+import termios
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from pymosix.errors import CriuError, MigrationError
+from pymosix.migration.cantmove import cantmove, tree_pids
+from pymosix.migration.channel import open_channel
+from pymosix.migration.link import Frame, Link
+
+if TYPE_CHECKING:
+    from pymosix.migration.engine import MigrationEngine
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+FILE_CHUNK = 1024 * 1024
+#: Signals whose default action ends the process: a namespace init ignores them unless it has a
+#: handler, so the agent turns them into SIGKILL and reports the original signal.
+_TERMINATING = {
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGPIPE,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+}
+_STOPPING = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+@dataclass
+class JobMeta:
+    """What travels with a job from node to node."""
+
+    home_pid: int
+    home_node: int
+    uid: int
+    argv: list[str]
+    started_at: float  # wall clock
+    migrations: int = 0
+    locked: bool = False
+    allowed_nodes: list[int] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> JobMeta:
+        return cls(
+            home_pid=int(d["home_pid"]),
+            home_node=int(d["home_node"]),
+            uid=int(d["uid"]),
+            argv=[str(a) for a in d["argv"]],
+            started_at=float(d["started_at"]),
+            migrations=int(d["migrations"]),
+            locked=bool(d["locked"]),
+            allowed_nodes=[int(n) for n in d["allowed_nodes"]] if d.get("allowed_nodes") else None,
+        )
+
+
+def _nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+def _read_all(fd: int) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _read_available(fd: int) -> bytes:
+    """What is buffered in a pipe now, without blocking and without touching its O_NONBLOCK."""
+    out = bytearray()
+    while (n := struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]) > 0:
+        out += os.read(fd, n)
+    return bytes(out)
+
+
+@dataclass
+class HostedJob:
+    """One job running on this node."""
+
+    engine: MigrationEngine
+    meta: JobMeta
+    pid: int
+    stdin_w: int | None
+    stdin_r: int
+    out_fds: dict[int, int]  # job fd (1, 2) -> our read end
+    link: Link
+    arrived_at: float  # monotonic
+    stdin_eof: bool = False
+    pending_in: bytearray = field(default_factory=bytearray)
+    state: str = "running"
+    killed_by: int | None = None
+    cpu_percent: float = 0.0
+    rss: int = 0
+    _moving: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _in_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _in_paused: bool = False
+    _paused_ack: asyncio.Event = field(default_factory=asyncio.Event)
+    _flush_ack: asyncio.Event = field(default_factory=asyncio.Event)
+    _outq: asyncio.Queue[tuple[int, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _pidfd: int = -1
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # --- life --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in (
+            *self.out_fds.values(),
+            *([self.stdin_w] if self.stdin_w is not None else []),
+        ):
+            # Not stdin_r: it shares its open file, and so O_NONBLOCK, with the job's stdin.
+            _nonblocking(fd)
+        self._watch_output()
+        self._pidfd = os.pidfd_open(self.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+        self._tasks = [
+            asyncio.create_task(self._sender()),
+            asyncio.create_task(self._receiver()),
+            asyncio.create_task(self._stdin_writer()),
+            asyncio.create_task(self._stats()),
+        ]
+        if self.pending_in:
+            self._in_ready.set()
+
+    def _watch_output(self) -> None:
+        loop = asyncio.get_running_loop()
+        for job_fd, fd in self.out_fds.items():
+            loop.add_reader(fd, self._on_output, job_fd, fd)
+
+    def _unwatch_output(self) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in self.out_fds.values():
+            loop.remove_reader(fd)
+
+    def _on_output(self, job_fd: int, fd: int) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+
+    async def _sender(self) -> None:
+        """All frames home go through one queue, so their order is the order they were made."""
+        while (item := await self._outq.get()) is not None:
+            try:
+                await self.link.send(*item)
+            except EOFError:
+                return
+        # None: nothing more will come from here (the job exited or moved on).
+        self.link.close()
+
+    async def _receiver(self) -> None:
+        while True:
+            try:
+                kind, p = await self.link.recv()
+            except EOFError:
+                if self.state == "running":
+                    # Home is gone (mosrun died with its node): no orphans.
+                    log.warning("job %d lost its home; killing it", self.meta.home_pid)
+                    self.deliver_signal(signal.SIGKILL)
+                return
+            if kind == Frame.IN:
+                self.pending_in += bytes(p["data"])
+                self._in_ready.set()
+            elif kind == Frame.EOF:
+                self.stdin_eof = True
+                self._in_ready.set()
+            elif kind == Frame.SIGNAL:
+                self.deliver_signal(int(p["sig"]))
+            elif kind == Frame.KILL:
+                self.deliver_signal(signal.SIGKILL)
+            elif kind == Frame.PAUSED:
+                self._paused_ack.set()
+            elif kind == Frame.FLUSH_ACK:
+                self._flush_ack.set()
+            elif kind == Frame.MOVE:
+                self._tasks.append(asyncio.create_task(self._move_for_home(int(p["target"]))))
+
+    async def _move_for_home(self, target: int) -> None:
+        try:
+            await self.engine.migrate_hosted(self, target)
+        except (MigrationError, CriuError, OSError) as e:
+            self._outq.put_nowait((Frame.MOVED, {"ok": False, "error": str(e)}))
+        # On success home learns it from the job's new node (ATTACH), not from here.
+
+    async def _stdin_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._in_ready.wait()
+            self._in_ready.clear()
+            while self.pending_in and not self._in_paused and self.stdin_w is not None:
+                try:
+                    n = os.write(self.stdin_w, self.pending_in[:CHUNK])
+                    del self.pending_in[:n]
+                except BlockingIOError:
+                    writable = loop.create_future()
+                    loop.add_writer(self.stdin_w, writable.set_result, None)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(self.stdin_w)
+                except BrokenPipeError:
+                    self.pending_in.clear()
+            if (
+                self.stdin_eof
+                and not self.pending_in
+                and not self._in_paused
+                and self.stdin_w is not None
+            ):
+                os.close(self.stdin_w)
+                self.stdin_w = None
+
+    async def _stats(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.pid)
+            proc.cpu_percent()
+            while True:
+                await asyncio.sleep(1.0)
+                procs = [proc]
+                with contextlib.suppress(psutil.Error):
+                    procs += proc.children(recursive=True)
+                cpu = rss = 0.0
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        cpu += p.cpu_percent() if p is not proc else proc.cpu_percent()
+                        rss += p.memory_info().rss
+                self.cpu_percent, self.rss = cpu, int(rss)
+                self._outq.put_nowait((Frame.STATS, {"cpu": round(cpu, 1), "rss": int(rss)}))
+
+    def _on_exit(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        if self.state != "running":
+            return  # the frozen original of a job that moved: killed on purpose
+        self.state = "exited"
+        # Whatever the job wrote last goes home before its exit status.
+        for job_fd, fd in self.out_fds.items():
+            data = _read_all(fd)
+            if data:
+                self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGKILL and self.killed_by is not None:
+                sig = self.killed_by
+            self._outq.put_nowait((Frame.EXIT, {"code": None, "signal": sig}))
+        else:
+            self._outq.put_nowait(
+                (Frame.EXIT, {"code": os.waitstatus_to_exitcode(status), "signal": None})
+            )
+        self._outq.put_nowait(None)
+        asyncio.get_running_loop().call_soon(self.finish)
+
+    def finish(self) -> None:
+        """Release everything this node held for the job."""
+        if self._done.is_set():
+            return
+        self._done.set()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self._pidfd)
+        self._unwatch_output()
+        # The sender stays: it delivers what is queued (EXIT last) and ends on its own.
+        for t in self._tasks[1:]:
+            if t is not asyncio.current_task():
+                t.cancel()
+        for fd in (
+            self._pidfd,
+            self.stdin_r,
+            *self.out_fds.values(),
+            *([self.stdin_w] if self.stdin_w is not None else []),
+        ):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.stdin_w = None
+        self.engine.hosted_gone(self)
+
+    # --- signals -----------------------------------------------------------------------------
+
+    def deliver_signal(self, sig: int) -> None:
+        """Deliver as if the job were an ordinary process, though it is a namespace init."""
+        try:
+            caught = int(
+                next(
+                    ln
+                    for ln in Path(f"/proc/{self.pid}/status").read_text().splitlines()
+                    if ln.startswith("SigCgt:")
+                ).split()[1],
+                16,
+            )
+        except (OSError, StopIteration, ValueError):
+            caught = 0
+        handled = bool(caught & (1 << (sig - 1)))
+        target = sig
+        if not handled and sig in _TERMINATING:
+            self.killed_by = sig
+            target = signal.SIGKILL
+        elif not handled and sig in _STOPPING:
+            target = signal.SIGSTOP
+        elif sig == signal.SIGKILL:
+            self.killed_by = None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, target)
+
+    # --- moving out --------------------------------------------------------------------------
+
+    async def migrate_out(self, address: str, port: int, target: int) -> None:
+        """Move the job to the node at address:port; on any failure it continues here."""
+        async with self._moving:
+            if self.state != "running":
+                raise MigrationError(f"job {self.meta.home_pid} is {self.state}")
+            reason = cantmove(self.pid)
+            if reason:
+                raise MigrationError(f"job {self.meta.home_pid} cannot move: {reason}")
+            images = (
+                Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
+            )
+            keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
+            self._paused_ack.clear()
+            self._in_paused = True
+            await self.link.send(Frame.PAUSE, {})
+            try:
+                await asyncio.wait_for(self._paused_ack.wait(), 10)
+            except TimeoutError:
+                self._in_paused = False
+                self._in_ready.set()
+                raise MigrationError("home did not pause stdin in time") from None
+            frozen = False
+            leftover = b""
+            try:
+                self._unwatch_output()
+                await self.engine.criu.dump(self.pid, images, leave_stopped=True)
+                frozen = True
+                for job_fd, fd in self.out_fds.items():
+                    data = _read_all(fd)
+                    if data:
+                        self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+                self._flush_ack.clear()
+                self._outq.put_nowait((Frame.FLUSHED, {}))
+                await asyncio.wait_for(self._flush_ack.wait(), 10)
+                leftover = _read_available(self.stdin_r)
+                new_pid = await self._transfer(
+                    images, address, port, keys, leftover + bytes(self.pending_in)
+                )
+            except BaseException as e:
+                # Rollback: the unread stdin goes back into the pipe, the job goes on here.
+                if leftover and self.stdin_w is not None:
+                    with contextlib.suppress(OSError):
+                        os.write(self.stdin_w, leftover)
+                elif leftover:
+                    self.pending_in[:0] = leftover
+                if frozen:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGCONT)
+                self._watch_output()
+                self._in_paused = False
+                self._in_ready.set()
+                with contextlib.suppress(EOFError):
+                    await self.link.send(Frame.RESUME, {})
+                shutil.rmtree(images, ignore_errors=True)
+                if isinstance(e, (MigrationError, CriuError)):
+                    raise
+                if isinstance(e, (OSError, EOFError, TimeoutError, KeyError, ValueError)):
+                    raise MigrationError(
+                        f"migration to node {target} failed: {e or type(e).__name__}"
+                    ) from None
+                raise
+            # The copy on the target runs: the frozen original and everything of it here go.
+            self.state = "moved"
+            for pid in tree_pids(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await self._reap_original()
+            shutil.rmtree(images, ignore_errors=True)
+            self._outq.put_nowait(None)
+            log.info("job %d moved to node %d (pid %d there)", self.meta.home_pid, target, new_pid)
+            self.finish()
+
+    async def _reap_original(self) -> None:
+        for _ in range(500):
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+            except ChildProcessError:
+                return
+            if pid:
+                return
+            await asyncio.sleep(0.01)
+
+    async def _transfer(
+        self, images: Path, address: str, port: int, keys: dict[int, str], stdin: bytes
+    ) -> int:
+        ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
+        try:
+            meta = self.meta.to_wire() | {"migrations": self.meta.migrations + 1}
+            await ch.send(
+                Frame.MIGRATE,
+                {
+                    "meta": meta,
+                    "keys": {str(k): v for k, v in keys.items()},
+                    "stdin": stdin,
+                    "stdin_eof": (self.stdin_eof and self.stdin_w is None) or self.stdin_eof,
+                },
+            )
+            for f in sorted(images.iterdir()):
+                if f.name.endswith(".log"):
+                    continue
+                with f.open("rb") as fh:
+                    chunk, first = fh.read(FILE_CHUNK), True
+                    while True:
+                        await ch.send(Frame.FILE, {"name": f.name, "data": chunk, "first": first})
+                        chunk, first = fh.read(FILE_CHUNK), False
+                        if not chunk:
+                            break
+            await ch.send(Frame.DONE, {})
+            kind, p = await asyncio.wait_for(ch.recv(), 120)
+            if kind != Frame.RESTORED:
+                raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
+            return int(p["pid"])
+        finally:
+            await ch.aclose()

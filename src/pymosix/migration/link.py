@@ -1,0 +1,108 @@
+"""Frames between a job's home (its deputy) and the node it runs on, over a Link.
+
+A Link is either two in-process queues (the job runs at home) or an encrypted Channel to the
+peer agent; the code on either end is the same. The frame kinds and what they carry:
+
+  host -> home: OUT {fd, data}, EXIT {status, signal}, STATS {cpu, rss}, PAUSED, FLUSHED,
+                MOVED {ok, node, error} (answer to MOVE)
+  home -> host: IN {data}, EOF, SIGNAL {sig}, KILL, PAUSE, RESUME, FLUSH_ACK, MOVE {target}
+  on a new connection: ATTACH {home_pid, node} (a restored job's host introduces itself to home),
+                MIGRATE {...} FILE {name, data}... DONE -> RESTORED {pid} | FAILED {error}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import IntEnum
+from typing import Any, Protocol
+
+from pymosix.migration.channel import Channel
+
+
+class Frame(IntEnum):
+    OUT = 1
+    EXIT = 2
+    STATS = 3
+    PAUSED = 4
+    FLUSHED = 5
+    MOVED = 6
+    IN = 10
+    EOF = 11
+    SIGNAL = 12
+    KILL = 13
+    PAUSE = 14
+    RESUME = 15
+    FLUSH_ACK = 16
+    MOVE = 17
+    ATTACH = 20
+    MIGRATE = 21
+    FILE = 22
+    DONE = 23
+    RESTORED = 24
+    FAILED = 25
+    CONTROL = 26
+    REPLY = 27
+
+
+class Link(Protocol):
+    async def send(self, kind: int, payload: dict[str, Any]) -> None: ...
+
+    async def recv(self) -> tuple[int, dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalLink:
+    """One end of an in-process link; `pair()` makes both ends."""
+
+    def __init__(
+        self,
+        inbox: asyncio.Queue[tuple[int, dict[str, Any]] | None],
+        outbox: asyncio.Queue[tuple[int, dict[str, Any]] | None],
+    ) -> None:
+        self._inbox = inbox
+        self._outbox = outbox
+        self._closed = False
+
+    @staticmethod
+    def pair() -> tuple[LocalLink, LocalLink]:
+        a: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        b: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        return LocalLink(a, b), LocalLink(b, a)
+
+    async def send(self, kind: int, payload: dict[str, Any]) -> None:
+        if self._closed:
+            raise EOFError("link closed")
+        await self._outbox.put((kind, payload))
+
+    async def recv(self) -> tuple[int, dict[str, Any]]:
+        item = await self._inbox.get()
+        if item is None:
+            self._inbox.put_nowait(None)
+            raise EOFError("link closed")
+        return item
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._outbox.put_nowait(None)
+            self._inbox.put_nowait(None)
+
+
+class ChannelLink:
+    """A link over an encrypted channel to a peer agent."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def send(self, kind: int, payload: dict[str, Any]) -> None:
+        try:
+            await self.channel.send(kind, payload)
+        except (ConnectionError, RuntimeError) as e:
+            raise EOFError(f"link to node {self.channel.peer_id} broke: {e}") from None
+
+    async def recv(self) -> tuple[int, dict[str, Any]]:
+        return await self.channel.recv()
+
+    def close(self) -> None:
+        self.channel.close()
