@@ -1,12 +1,22 @@
 """The channel between node agents: mutually authenticated with the cluster key, encrypted.
 
 Python 3.11's ssl has no pre-shared keys, so the handshake is our own, small and standard in
-shape: each side sends a random nonce and proves the key by an HMAC over both nonces and both
-node ids (a replayed handshake fails, since the other side's nonce is new); session keys for each
-direction come from HKDF over the key and the nonces; every frame is ChaCha20-Poly1305 with a
-counter nonce, so a frame cannot be altered, dropped, reordered or replayed unnoticed.
+shape:
 
-Frame plaintext: kind (1 byte) + msgpack payload. Images travel as FILE frames of at most 1 MiB.
+  client -> server  HELLO  = MAGIC, client nonce (32 B), client node id (2 B)
+  server -> client  REPLY  = server nonce (32 B), server node id (2 B), HMAC("server", transcript)
+  client -> server  PROOF  = HMAC("client", transcript)
+
+The transcript is MAGIC + both nonces + both node ids; the HMAC key is derived from the cluster
+key for this use only. A replayed handshake fails, since the other side's nonce is new each time;
+a reflected proof fails, since the roles are in the MAC. Session keys, one per direction, come
+from HKDF over the cluster key and the transcript. Every frame is a 4-byte length, then
+ChaCha20-Poly1305 with a per-direction counter nonce and the length as associated data, so a
+frame cannot be altered, dropped, reordered, truncated or replayed unnoticed.
+
+Frame plaintext: kind (1 byte) + msgpack map. Images travel as FILE frames of at most 1 MiB.
+The handshake and frame functions are pure; only `Channel`, `open_channel` and
+`accept_channel` touch asyncio streams.
 """
 
 from __future__ import annotations
@@ -17,7 +27,8 @@ import hashlib
 import hmac
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -28,24 +39,94 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pymosix.errors import AuthError, DecodeError
 
-MAGIC = b"PMXC1"
+MAGIC = b"PMXC2"
 NONCE_BYTES = 32
-#: Largest frame accepted (a 1 MiB image chunk plus its framing fits with room to spare).
+MAC_BYTES = 32
+HELLO_BYTES = len(MAGIC) + NONCE_BYTES + 2
+REPLY_BYTES = NONCE_BYTES + 2 + MAC_BYTES
+#: Largest frame plaintext accepted (a 1 MiB image chunk plus its framing fits with room to spare).
 MAX_FRAME = 4 * 1024 * 1024
+TAG_BYTES = 16
 HANDSHAKE_TIMEOUT_S = 10.0
 
-
-def _proof(key: bytes, role: bytes, cn: bytes, sn: bytes, cid: int, sid: int) -> bytes:
-    return hmac.new(key, role + cn + sn + struct.pack("!HH", cid, sid), hashlib.sha256).digest()
+# --- handshake (pure) ---------------------------------------------------------------------------
 
 
-def session_keys(key: bytes, cn: bytes, sn: bytes) -> tuple[bytes, bytes]:
-    """(client-to-server, server-to-client) keys for this session."""
-    c2s, s2c = (
-        HKDF(algorithm=hashes.SHA256(), length=32, salt=cn + sn, info=info).derive(key)
-        for info in (b"pymosix c2s", b"pymosix s2c")
-    )
-    return c2s, s2c
+def _hkdf(key: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
+
+
+def _auth_key(key: bytes) -> bytes:
+    """The handshake's MAC key: the cluster key also signs discovery, so keep the uses apart."""
+    return _hkdf(key, b"", b"pymosix channel auth")
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """Everything both sides said in the handshake; what the proofs and keys are bound to."""
+
+    client_nonce: bytes
+    client_id: int
+    server_nonce: bytes
+    server_id: int
+
+    def data(self) -> bytes:
+        return (
+            MAGIC
+            + self.client_nonce
+            + struct.pack("!H", self.client_id)
+            + self.server_nonce
+            + struct.pack("!H", self.server_id)
+        )
+
+    def proof(self, key: bytes, role: bytes) -> bytes:
+        return hmac.new(_auth_key(key), role + self.data(), hashlib.sha256).digest()
+
+    def session_keys(self, key: bytes) -> tuple[bytes, bytes]:
+        """(client-to-server, server-to-client) keys for this session."""
+        salt = hashlib.sha256(self.data()).digest()
+        return _hkdf(key, salt, b"pymosix c2s"), _hkdf(key, salt, b"pymosix s2c")
+
+
+def client_hello(nonce: bytes, node_id: int) -> bytes:
+    """The client's first message."""
+    return MAGIC + nonce + struct.pack("!H", node_id)
+
+
+def parse_client_hello(data: bytes) -> tuple[bytes, int]:
+    """(client nonce, client node id) from HELLO; DecodeError if it is not ours."""
+    if len(data) != HELLO_BYTES or data[: len(MAGIC)] != MAGIC:
+        raise DecodeError("not a pymosix migration channel (or another version)")
+    (cid,) = struct.unpack("!H", data[-2:])
+    return data[len(MAGIC) : len(MAGIC) + NONCE_BYTES], cid
+
+
+def server_reply(key: bytes, hello: bytes, nonce: bytes, node_id: int) -> tuple[bytes, Transcript]:
+    """The server's REPLY to a HELLO, and the transcript to check the client's PROOF against."""
+    cn, cid = parse_client_hello(hello)
+    t = Transcript(cn, cid, nonce, node_id)
+    return nonce + struct.pack("!H", node_id) + t.proof(key, b"server"), t
+
+
+def client_finish(key: bytes, nonce: bytes, node_id: int, reply: bytes) -> tuple[bytes, Transcript]:
+    """Check the server's REPLY; return the client's PROOF and the transcript."""
+    if len(reply) != REPLY_BYTES:
+        raise DecodeError("short handshake reply")
+    sn = reply[:NONCE_BYTES]
+    (sid,) = struct.unpack("!H", reply[NONCE_BYTES : NONCE_BYTES + 2])
+    t = Transcript(nonce, node_id, sn, sid)
+    if not hmac.compare_digest(reply[NONCE_BYTES + 2 :], t.proof(key, b"server")):
+        raise AuthError("the peer could not prove the cluster key (another cluster?)")
+    return t.proof(key, b"client"), t
+
+
+def server_finish(key: bytes, t: Transcript, proof: bytes) -> None:
+    """Check the client's PROOF; AuthError if it does not hold the key or replays an old one."""
+    if not hmac.compare_digest(proof, t.proof(key, b"client")):
+        raise AuthError(f"node {t.client_id} could not prove the cluster key (another cluster?)")
+
+
+# --- frames (pure) ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -54,22 +135,45 @@ class FrameCipher:
 
     key: bytes
     counter: int = 0
+    _aead: ChaCha20Poly1305 = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._aead = ChaCha20Poly1305(self.key)
 
     def _nonce(self) -> bytes:
+        if self.counter < 0:
+            raise AuthError("channel already failed authentication")
         n = struct.pack("!4xQ", self.counter)
         self.counter += 1
         return n
 
     def seal(self, plaintext: bytes) -> bytes:
-        return ChaCha20Poly1305(self.key).encrypt(self._nonce(), plaintext, None)
+        """Length prefix + ciphertext of the next frame."""
+        if len(plaintext) > MAX_FRAME:
+            raise ValueError(f"frame of {len(plaintext)} bytes is over the {MAX_FRAME} limit")
+        head = struct.pack("!I", len(plaintext) + TAG_BYTES)
+        return head + self._aead.encrypt(self._nonce(), plaintext, head)
 
-    def open(self, ciphertext: bytes) -> bytes:
+    def open(self, head: bytes, ciphertext: bytes) -> bytes:
+        """The plaintext of the next frame; AuthError if it is not the next one sent.
+
+        After one failure every later frame fails too: the session is no longer trustworthy.
+        """
         try:
-            return ChaCha20Poly1305(self.key).decrypt(self._nonce(), ciphertext, None)
+            return self._aead.decrypt(self._nonce(), ciphertext, head)
         except InvalidTag:
+            self.counter = -(1 << 70)  # no nonce ever matches again; _nonce cannot pack it
             raise AuthError(
                 "channel frame failed authentication (tampered, reordered or replayed)"
             ) from None
+
+
+def frame_length(head: bytes) -> int:
+    """Ciphertext length from a 4-byte frame head; DecodeError when out of bounds."""
+    (length,) = struct.unpack("!I", head)
+    if not TAG_BYTES < length <= MAX_FRAME + TAG_BYTES:
+        raise DecodeError(f"frame of {length} bytes is out of bounds")
+    return int(length)
 
 
 def encode_frame(kind: int, payload: dict[str, Any]) -> bytes:
@@ -87,6 +191,15 @@ def decode_frame(plaintext: bytes) -> tuple[int, dict[str, Any]]:
     if not isinstance(payload, dict):
         raise DecodeError("frame payload is not a map")
     return plaintext[0], payload
+
+
+def session_ciphers(key: bytes, t: Transcript, client: bool) -> tuple[FrameCipher, FrameCipher]:
+    """(send, receive) ciphers for one side of a session."""
+    c2s, s2c = t.session_keys(key)
+    return (FrameCipher(c2s), FrameCipher(s2c)) if client else (FrameCipher(s2c), FrameCipher(c2s))
+
+
+# --- streams ------------------------------------------------------------------------------------
 
 
 class Channel:
@@ -108,21 +221,19 @@ class Channel:
         self._lock = asyncio.Lock()
 
     async def send(self, kind: int, payload: dict[str, Any]) -> None:
-        data = self._send.seal(encode_frame(kind, payload))
+        # Seal under the lock: the counter order must be the wire order.
         async with self._lock:
-            self.writer.write(struct.pack("!I", len(data)) + data)
+            self.writer.write(self._send.seal(encode_frame(kind, payload)))
             await self.writer.drain()
 
     async def recv(self) -> tuple[int, dict[str, Any]]:
-        """The next frame; EOFError when the peer closed the connection."""
+        """The next frame; EOFError when the peer closed the connection (or cut a frame short)."""
         try:
-            (length,) = struct.unpack("!I", await self.reader.readexactly(4))
-            if length > MAX_FRAME + 64:
-                raise DecodeError(f"frame of {length} bytes is too large")
-            data = await self.reader.readexactly(length)
+            head = await self.reader.readexactly(4)
+            data = await self.reader.readexactly(frame_length(head))
         except (asyncio.IncompleteReadError, ConnectionError):
             raise EOFError("channel closed") from None
-        return decode_frame(self._recv.open(data))
+        return decode_frame(self._recv.open(head, data))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -132,6 +243,15 @@ class Channel:
         self.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+async def _read(reader: asyncio.StreamReader, n: int, what: str) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        raise AuthError(
+            f"the peer left the handshake before its {what} (another cluster key?)"
+        ) from None
 
 
 async def open_channel(
@@ -150,22 +270,13 @@ async def _client_handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, node_id: int
 ) -> Channel:
     cn = os.urandom(NONCE_BYTES)
-    writer.write(MAGIC + cn + struct.pack("!H", node_id))
+    writer.write(client_hello(cn, node_id))
     await writer.drain()
-    try:
-        sn = await reader.readexactly(NONCE_BYTES)
-        (sid,) = struct.unpack("!H", await reader.readexactly(2))
-        proof = await reader.readexactly(32)
-    except asyncio.IncompleteReadError:
-        raise AuthError(
-            "the peer closed the channel during the handshake (another cluster key?)"
-        ) from None
-    if not hmac.compare_digest(proof, _proof(key, b"server", cn, sn, node_id, sid)):
-        raise AuthError("the peer could not prove the cluster key")
-    writer.write(_proof(key, b"client", cn, sn, node_id, sid))
+    proof, t = client_finish(key, cn, node_id, await _read(reader, REPLY_BYTES, "reply"))
+    writer.write(proof)
     await writer.drain()
-    c2s, s2c = session_keys(key, cn, sn)
-    return Channel(reader, writer, FrameCipher(c2s), FrameCipher(s2c), sid)
+    send, recv = session_ciphers(key, t, client=True)
+    return Channel(reader, writer, send, recv, t.server_id)
 
 
 async def accept_channel(
@@ -183,21 +294,38 @@ async def _server_handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, node_id: int
 ) -> Channel:
     try:
-        head = await reader.readexactly(len(MAGIC) + NONCE_BYTES + 2)
-    except asyncio.IncompleteReadError:
+        hello = await reader.readexactly(HELLO_BYTES)
+    except (asyncio.IncompleteReadError, ConnectionError):
         raise DecodeError("connection closed before the handshake") from None
-    if head[: len(MAGIC)] != MAGIC:
-        raise DecodeError("not a pymosix channel")
-    cn = head[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
-    (cid,) = struct.unpack("!H", head[-2:])
-    sn = os.urandom(NONCE_BYTES)
-    writer.write(sn + struct.pack("!H", node_id) + _proof(key, b"server", cn, sn, cid, node_id))
+    reply, t = server_reply(key, hello, os.urandom(NONCE_BYTES), node_id)
+    writer.write(reply)
     await writer.drain()
-    try:
-        proof = await reader.readexactly(32)
-    except asyncio.IncompleteReadError:
-        raise AuthError("the peer left the handshake (another cluster key?)") from None
-    if not hmac.compare_digest(proof, _proof(key, b"client", cn, sn, cid, node_id)):
-        raise AuthError("the peer could not prove the cluster key")
-    c2s, s2c = session_keys(key, cn, sn)
-    return Channel(reader, writer, FrameCipher(s2c), FrameCipher(c2s), cid)
+    server_finish(key, t, await _read(reader, MAC_BYTES, "proof"))
+    send, recv = session_ciphers(key, t, client=False)
+    return Channel(reader, writer, send, recv, t.client_id)
+
+
+async def serve_channels(
+    host: str,
+    port: int,
+    key: bytes,
+    node_id: int,
+    handler: Callable[[Channel], Awaitable[None]],
+    on_refused: Callable[[str], None] | None = None,
+) -> asyncio.Server:
+    """Listen; run handler(channel) for each peer that proves the key, then close its channel."""
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            ch = await accept_channel(reader, writer, key, node_id)
+        except (AuthError, DecodeError, TimeoutError, OSError) as e:
+            if on_refused is not None:
+                on_refused(str(e) or type(e).__name__)
+            writer.close()
+            return
+        try:
+            await handler(ch)
+        finally:
+            await ch.aclose()
+
+    return await asyncio.start_server(accept, host, port)
