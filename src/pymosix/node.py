@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pymosix.agent import NodeAgent
+from pymosix.balancer import Balancer
 from pymosix.config import NodeConfig
 from pymosix.load.component import LoadComponent
 from pymosix.metrics import MetricsEndpoint
@@ -15,7 +16,9 @@ def build_agent(config: NodeConfig) -> NodeAgent:
     agent = NodeAgent(config)
     load = LoadComponent(agent)
     agent.add_component(load)
-    agent.add_component(MigrationEngine(agent, load))
+    engine = MigrationEngine(agent, load)
+    agent.add_component(engine)
+    agent.add_component(Balancer(agent, load, engine))
     if config.metrics_port:
         agent.add_component(MetricsEndpoint(agent, load))
     return agent

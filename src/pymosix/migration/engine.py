@@ -11,6 +11,7 @@ import pwd
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,8 @@ class MigrationEngine:
             agent.control.register(op, handler)
         if load is not None:
             load.job_counts = self.job_counts
+        #: The balancer's check of incoming jobs: (home node, believed load) -> reason to refuse.
+        self.accept: Callable[[int, float | None], str | None] | None = None
 
     # --- life --------------------------------------------------------------------------------
 
@@ -206,8 +209,10 @@ class MigrationEngine:
 
     # --- moving ------------------------------------------------------------------------------
 
-    async def migrate_hosted(self, job: HostedJob, target: int) -> int:
-        """Move a job that runs here to `target` (a node id)."""
+    async def migrate_hosted(
+        self, job: HostedJob, target: int, offer_load: float | None = None
+    ) -> int:
+        """Move a job that runs here to `target` (a node id); `offer_load` marks an automatic move."""
         if target == self.agent.node_id:
             raise MigrationError(
                 f"job {job.meta.home_pid} already runs on node {format_node_id(target)}"
@@ -218,7 +223,7 @@ class MigrationEngine:
                 f"node {target} ({format_node_id(target)}) is not in the map (see showmap)"
             )
         port = entry.migration_port or self.agent.config.migration_port
-        await job.migrate_out(entry.address, port, target)
+        await job.migrate_out(entry.address, port, target, offer_load)
         if self.load is not None:
             self.load.table.adjust(target, 1.0)
         return target
@@ -380,11 +385,14 @@ class MigrationEngine:
         """An incoming job: take the image, restore it, tell its home where it is now."""
         meta = JobMeta.from_wire(p["meta"])
         me = self.agent.node_id
+        refusal = None
         if self.agent.flags.block and meta.home_node != me:
+            refusal = f"node {format_node_id(me)} blocks guests (mosctl noblock)"
+        elif self.accept is not None and p.get("offer_load") is not None:
+            refusal = self.accept(meta.home_node, float(p["offer_load"]))
+        if refusal:
             await self._drain_files(ch, None)
-            await ch.send(
-                Frame.FAILED, {"error": f"node {format_node_id(me)} blocks guests (mosctl noblock)"}
-            )
+            await ch.send(Frame.FAILED, {"error": refusal})
             return False
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
         images.mkdir(mode=0o700)

@@ -354,7 +354,9 @@ class HostedJob:
 
     # --- moving out --------------------------------------------------------------------------
 
-    async def migrate_out(self, address: str, port: int, target: int) -> None:
+    async def migrate_out(
+        self, address: str, port: int, target: int, offer_load: float | None = None
+    ) -> None:
         """Move the job to the node at address:port; on any failure it continues here."""
         async with self._moving:
             if self.state != "running":
@@ -390,7 +392,7 @@ class HostedJob:
                 await asyncio.wait_for(self._flush_ack.wait(), 10)
                 leftover = _read_available(self.stdin_r)
                 new_pid = await self._transfer(
-                    images, address, port, keys, leftover + bytes(self.pending_in)
+                    images, address, port, keys, leftover + bytes(self.pending_in), offer_load
                 )
             except BaseException as e:
                 # Rollback: the unread stdin goes back into the pipe, the job goes on here.
@@ -437,7 +439,13 @@ class HostedJob:
             await asyncio.sleep(0.01)
 
     async def _transfer(
-        self, images: Path, address: str, port: int, keys: dict[int, str], stdin: bytes
+        self,
+        images: Path,
+        address: str,
+        port: int,
+        keys: dict[int, str],
+        stdin: bytes,
+        offer_load: float | None,
     ) -> int:
         ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
         try:
@@ -448,7 +456,8 @@ class HostedJob:
                     "meta": meta,
                     "keys": {str(k): v for k, v in keys.items()},
                     "stdin": stdin,
-                    "stdin_eof": (self.stdin_eof and self.stdin_w is None) or self.stdin_eof,
+                    "stdin_eof": self.stdin_eof,
+                    "offer_load": offer_load,
                 },
             )
             for f in sorted(images.iterdir()):
