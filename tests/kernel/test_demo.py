@@ -15,8 +15,12 @@ pytestmark = pytest.mark.kernel
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     name = f"d{secrets.token_hex(3)}"
-    r = subprocess.run([sys.executable, "-m", "pymosix", "demo", "--name", name, *args],
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [sys.executable, "-m", "pymosix", "demo", "--name", name, *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert name not in bed_names(), "the demo left its test bed behind"
     return r
 
@@ -25,7 +29,10 @@ def test_demo_runs_to_the_end() -> None:
     r = run_demo()
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert "My Node-Id: 0x640b\n\nBase Node-Id Address          Count\n------------ ---------------- -----\n0x640b       192.168.100.11   1\n" in out
+    assert (
+        "My Node-Id: 0x640b\n\nBase Node-Id Address          Count\n------------ ---------------- -----\n0x640b       192.168.100.11   1\n"
+        in out
+    )
     assert "pymosix configuration changed: This is pymosix #25612 (of 2 configured)" in out
     assert "[root@node1 root]# mosrun /tmp/omtest" in out
     assert "pymosix mosmon: load, 2 node(s)" in out
