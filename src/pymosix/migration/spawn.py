@@ -1,19 +1,30 @@
 """Start a job so that CRIU can move it: PID 1 of its own PID namespace, session leader, stdio on
 pipes the agent owns (research/criu.md §2).
 
-The agent forks directly (never through unshare(1), which keeps copies of the job's stdio and
-broke a restore in DESIGN.md §3's test). A short-lived helper unshares the PID (and IPC)
-namespace and forks the job; the helper exits at once and the job is re-parented to the agent,
-which is a child subreaper. Between fork and exec the children call only what is safe after a
-fork in a single-threaded parent: no locks, no allocation-heavy Python.
+How: the agent fork-execs a tiny Python helper (`python -I -S -c _HELPER`, ~20 ms) through the
+subprocess machinery, hands it the job's stdio fds and a JSON spec, and reads back the job's host
+PID. The helper unshares the PID (and IPC) namespace, forks the job (PID 1 there), and exits;
+the job is re-parented to the agent, a child subreaper, which can then waitpid() it.
+
+Why not os.fork() in the agent: the agent is an asyncio process with threads (the default
+executor, asyncio's child watcher), and running Python between fork and exec in a child of a
+threaded process can deadlock on a lock another thread held at the fork. subprocess's fork-exec
+runs no Python in the child, so it is safe in any process and from the event loop (see
+`start_job`). Never through unshare(1): it keeps copies of the job's stdio and broke a restore
+in DESIGN.md §3's test. The helper reports exec failures (no such program, no permission) through
+a close-on-exec pipe, so they come back as SpawnError instead of a job that exits at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import fcntl
+import json
 import os
-import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,28 +32,58 @@ from pathlib import Path
 CLONE_NEWPID = 0x20000000
 CLONE_NEWIPC = 0x08000000
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_PDEATHSIG = 1
+SPAWN_TIMEOUT_S = 30.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-#: Exit codes of the spawn helper, reported when the job could not be started.
-_HELPER_ERRORS = {
-    100: "unshare(CLONE_NEWPID) failed: the agent needs root",
-    101: "could not fork the job",
-}
-#: Signals Python changes from their defaults; a job must get the defaults back (criu.md §2).
-_RESET_SIGNALS = (
-    signal.SIGPIPE,
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGXFSZ,
-    signal.SIGCHLD,
-    signal.SIGTSTP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
+#: Runs in a fresh single-threaded interpreter: spec (JSON) on stdin, "OK PID" or "ERR why" out.
+_HELPER = r"""
+import ctypes, json, os, signal, sys
+import warnings  # os.execvpe imports it; after setuid the stdlib may be unreadable
+spec = json.loads(sys.stdin.buffer.read())
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(spec["flags"]) != 0:
+    print("ERR unshare(CLONE_NEWPID): " + os.strerror(ctypes.get_errno()) + " (the agent needs root)")
+    sys.exit(0)
+r, w = os.pipe2(os.O_CLOEXEC)
+job = os.fork()
+if job == 0:
+    try:
+        os.close(r)
+        os.setsid()
+        for sig in range(1, signal.NSIG):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        fds = [os.dup(fd) for fd in spec["stdio"]]
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(3, w)
+        os.closerange(w + 1, 1 << 16)
+        if spec["uid"] is not None:
+            os.setgroups(spec["groups"])
+            os.setgid(spec["gid"])
+            os.setuid(spec["uid"])
+        os.chdir(spec["cwd"])
+        argv = [os.fsencode(a) for a in spec["argv"]]
+        env = {os.fsencode(k): os.fsencode(v) for k, v in spec["env"].items()}
+        os.execvpe(argv[0], argv, env)
+    except BaseException as e:
+        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        os.write(w, what.encode(errors="replace"))
+    os._exit(127)
+os.close(w)
+failed = b""
+while chunk := os.read(r, 4096):
+    failed += chunk
+if failed:
+    os.waitpid(job, 0)
+    print("ERR " + spec["argv"][0] + ": " + failed.decode(errors="replace"))
+else:
+    print("OK %d" % job)
+"""
 
 
 def become_subreaper() -> None:
@@ -59,6 +100,7 @@ class JobSpec:
     argv: Sequence[str]
     cwd: str = "/"
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Run as this user (with `gid` and `groups`); None keeps the agent's (root).
     uid: int | None = None
     gid: int | None = None
     groups: Sequence[int] = ()
@@ -70,83 +112,82 @@ class SpawnError(OSError):
     """The job could not be started; the message says why."""
 
 
-def spawn_job(spec: JobSpec, stdin: int, stdout: int, stderr: int) -> int:
-    """Start the job with the given fds as its stdio; return its host PID.
-
-    Exec failures (no such program, no permission) are reported by the job's exit status 127/126,
-    as a shell would, since the job is already running in its namespace by then.
-    """
+def _prepare(spec: JobSpec, stdio: Sequence[int]) -> tuple[list[str], bytes, list[int]]:
+    """The helper's argv, its JSON spec and the (duplicated, >= 3) stdio fds it must inherit."""
     if not spec.argv:
         raise SpawnError("nothing to run: empty command")
-    flags = CLONE_NEWPID | (CLONE_NEWIPC if spec.new_ipc else 0)
-    env = [f"{k}={v}".encode() for k, v in spec.env.items()]
-    argv = [a.encode() for a in spec.argv]
-    r, w = os.pipe()
-    helper = os.fork()
-    if helper == 0:  # helper: unshare, fork PID 1 of the new namespace, report it, exit
-        try:
-            os.close(r)
-            if _libc.unshare(flags) != 0:
-                os._exit(100)
-            job = os.fork()
-            if job == 0:
-                _exec_job(spec, argv, env, stdin, stdout, stderr)
-            os.write(w, str(job).encode())
-            os._exit(0)
-        except BaseException:
-            os._exit(101)
-    os.close(w)
+    if spec.uid is not None and spec.gid is None:
+        raise SpawnError("a job run as another user needs its gid as well")
+    # Copies at 3 or above, so that the helper's own stdin/stdout cannot shadow them.
+    fds = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
+    data = {
+        "argv": list(spec.argv),
+        "cwd": spec.cwd,
+        "env": dict(spec.env),
+        "uid": spec.uid,
+        "gid": spec.gid,
+        "groups": list(spec.groups),
+        "flags": CLONE_NEWPID | (CLONE_NEWIPC if spec.new_ipc else 0),
+        "stdio": fds,
+    }
+    return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds
+
+
+def _result(out: bytes, returncode: int | None) -> int:
+    text = out.decode(errors="replace").strip()
+    if text.startswith("OK "):
+        return int(text[3:])
+    if text.startswith("ERR "):
+        raise SpawnError(text[4:])
+    raise SpawnError(f"spawn helper failed (status {returncode}): {text[-200:] or 'no output'}")
+
+
+def spawn_job(spec: JobSpec, stdin: int, stdout: int, stderr: int) -> int:
+    """Start the job with the given fds as its stdio; return its host PID. Blocks ~20 ms."""
+    become_subreaper()
+    argv, data, fds = _prepare(spec, (stdin, stdout, stderr))
     try:
-        data = b""
-        while chunk := os.read(r, 64):
-            data += chunk
+        r = subprocess.run(
+            argv,
+            input=data,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=fds,
+            timeout=SPAWN_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SpawnError(f"could not run the spawn helper: {e}") from None
     finally:
-        os.close(r)
-    _, status = os.waitpid(helper, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not data:
-        raise SpawnError(_HELPER_ERRORS.get(code, f"spawn helper failed with status {code}"))
-    return int(data)
+        for fd in fds:
+            os.close(fd)
+    return _result(r.stdout, r.returncode)
 
 
-def _exec_job(
-    spec: JobSpec, argv: list[bytes], env: list[bytes], stdin: int, stdout: int, stderr: int
-) -> None:
-    """In the job (PID 1 of its namespace): set up and exec; never returns."""
+async def start_job(spec: JobSpec, stdin: int, stdout: int, stderr: int) -> int:
+    """`spawn_job` for the event loop: the loop keeps running while the helper works."""
+    become_subreaper()
+    argv, data, fds = _prepare(spec, (stdin, stdout, stderr))
     try:
-        os.setsid()
-        for sig in _RESET_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        # dup2 via a high slot first, so that fds 0-2 passed in any order do not clobber each other.
-        fds = [os.dup(fd) for fd in (stdin, stdout, stderr)]
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target, inheritable=True)
-        os.closerange(3, 65536)
-        if spec.gid is not None:
-            os.setgroups(list(spec.groups))
-            os.setgid(spec.gid)
-        if spec.uid is not None:
-            os.setuid(spec.uid)
-        os.chdir(spec.cwd)
-        os.execvpe(argv[0], argv, dict(_split_env(env)))
-    except FileNotFoundError:
-        os.write(2, b"mosrun: " + argv[0] + b": command not found\n")
-        os._exit(127)
-    except PermissionError:
-        os.write(2, b"mosrun: " + argv[0] + b": permission denied\n")
-        os._exit(126)
-    except BaseException:
-        os._exit(127)
-    os._exit(127)
-
-
-def _split_env(env: list[bytes]) -> list[tuple[bytes, bytes]]:
-    out = []
-    for item in env:
-        k, _, v = item.partition(b"=")
-        out.append((k, v))
-    return out
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            pass_fds=fds,
+        )
+    except OSError as e:
+        raise SpawnError(f"could not run the spawn helper: {e}") from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(data), SPAWN_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SpawnError("spawn helper did not answer") from None
+    return _result(out, proc.returncode)
 
 
 def stdio_inodes(pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
