@@ -80,6 +80,12 @@ class Counters:
     rejected_auth: int = 0
     rejected_replay: int = 0
     rejected_unknown: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: Load reports only (the gossip, apart from discovery), for its cost in bench/gossip_cost.py.
+    load_sent: int = 0
+    load_bytes_sent: int = 0
+    load_received: int = 0
 
     @property
     def rejected(self) -> int:
@@ -182,6 +188,10 @@ class NodeAgent:
         data = self._seal(kind, payload)
         self._unicast.sendto(data, (address, port or self.config.gossip_port))
         self.counters.sent += 1
+        self.counters.bytes_sent += len(data)
+        if kind == Kind.LOAD:
+            self.counters.load_sent += 1
+            self.counters.load_bytes_sent += len(data)
 
     def now(self) -> float:
         return time.monotonic()
@@ -266,10 +276,10 @@ class NodeAgent:
     def _multicast(self, kind: int, payload: dict[str, Any]) -> None:
         if self._mcast is None:
             return
-        self._mcast.sendto(
-            self._seal(kind, payload), (self.config.mcast_group, self.config.mcast_port)
-        )
+        data = self._seal(kind, payload)
+        self._mcast.sendto(data, (self.config.mcast_group, self.config.mcast_port))
         self.counters.sent += 1
+        self.counters.bytes_sent += len(data)
 
     def _hello(self) -> Hello:
         return Hello(
@@ -300,6 +310,7 @@ class NodeAgent:
     def datagram_received(self, data: bytes, source: str) -> None:
         """Every datagram: size, tag, replay, then dispatch. Nothing unauthenticated is acted on."""
         self.counters.received += 1
+        self.counters.bytes_received += len(data)
         try:
             env = unseal(self.key, data)
             self.replay.check(env, int(time.time() * 1000))
@@ -348,6 +359,8 @@ class NodeAgent:
                 self._apply(self.cluster.left(NodeId(env.sender), address))
                 self.replay.forget(env.sender)
         elif (handler := self._handlers.get(env.kind)) is not None:
+            if env.kind == Kind.LOAD:
+                self.counters.load_received += 1
             handler(env, source)
         else:
             self.counters.rejected_unknown += 1

@@ -1,0 +1,133 @@
+"""Freeze time of a migration (from freeze to running on the target) against resident memory,
+side by side with a bare local `criu dump` + `criu restore` of the same kind of process.
+Usage: python -m bench.freeze_time [--sizes 1,64,256,1024]."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench._common import plot, print_table, write_csv
+from pymosix.migration.criu import CriuDriver
+from pymosix.migration.spawn import JobSpec, become_subreaper, spawn_job
+from pymosix.testbed import TestBed
+
+JOB = "import sys, time\nx = bytearray(b'\\x01') * ({mb} << 20)\nprint('ready', flush=True)\nwhile True: time.sleep(0.05)\n"
+
+
+def wait_rss(pid: int, mb: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:") and int(line.split()[1]) >= mb * 1024 * 0.95:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"the job did not reach {mb} MB")
+
+
+def bare(mb: int) -> float:
+    """Dump (leave stopped) and restore on this node, the way pymosix freezes and restarts a job."""
+    become_subreaper()
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    pid = spawn_job(
+        JobSpec(["python3", "-c", JOB.format(mb=mb)], env={"PATH": "/usr/bin:/bin"}), null, w, null
+    )
+    os.close(w)
+    images = Path(tempfile.mkdtemp(prefix="pmx-bench-", dir="/dev/shm"))
+    restored = 0
+    try:
+        os.read(r, 16)
+        wait_rss(pid, mb)
+        driver = CriuDriver()
+        t0 = time.monotonic()
+        asyncio.run(driver.dump(pid, images))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        # The job writes nothing after "ready": CRIU may give its stdout a fresh pipe.
+        restored = asyncio.run(driver.restore(images, {})).pid
+        return time.monotonic() - t0
+    finally:
+        for p in (pid, restored):
+            if p:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                    os.waitpid(p, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+        os.close(r)
+        os.close(null)
+        shutil.rmtree(images, ignore_errors=True)
+
+
+def pymosix(bed: TestBed, mb: int) -> float:
+    p = bed.popen(
+        1,
+        ["mosrun", "python3", "-c", JOB.format(mb=mb)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert p.stdout is not None
+        p.stdout.readline()
+        row = next(j for j in bed.call(1, "jobs")["jobs"] if j["home_pid"] == p.pid)
+        wait_rss(int(row["pid"]), mb)
+        r = bed.exec(1, ["migrate", "--json", str(p.pid), "0x640c"], timeout_s=600)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+        return float(json.loads(r.stdout)["seconds"])
+    finally:
+        p.kill()
+        p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", default="1,64,256,1024")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    bed = TestBed.up(nodes=2, name="bfreeze", extra_args=["--set", "balance=false"])
+    try:
+        bed.wait_converged(30)
+        for mb in sizes:
+            b = bare(mb)
+            m = pymosix(bed, mb)
+            rows.append({"rss_mb": mb, "bare_criu_s": b, "pymosix_s": m, "ratio": m / b})
+            print(
+                f"{mb:5d} MB: bare criu {b * 1000:7.0f} ms, pymosix migration {m * 1000:7.0f} ms, ratio {m / b:.2f}"
+            )
+    finally:
+        bed.down()
+    print_table(rows)
+    print(f"csv: {write_csv('freeze_time', rows)}")
+    png = plot(
+        "freeze_time",
+        "Freeze to running on the target",
+        "resident memory (MB)",
+        "seconds",
+        {
+            "bare criu dump + restore (local)": (
+                [r["rss_mb"] for r in rows],
+                [r["bare_criu_s"] for r in rows],
+            ),
+            "pymosix migration (to another node)": (
+                [r["rss_mb"] for r in rows],
+                [r["pymosix_s"] for r in rows],
+            ),
+        },
+        logx=True,
+    )
+    print(f"png: {png}")
+
+
+if __name__ == "__main__":
+    main()
