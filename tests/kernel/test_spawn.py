@@ -84,10 +84,12 @@ def test_job_runs_as_the_user_asked() -> None:
 def test_exec_failures_are_errors_not_jobs() -> None:
     r, w = os.pipe()
     try:
-        with pytest.raises(SpawnError, match="No such file"):
+        with pytest.raises(SpawnError, match=r"^/nonexistent/prog: command not found$"):
             spawn_job(JobSpec(["/nonexistent/prog"]), r, w, w)
-        with pytest.raises(SpawnError, match="No such file"):
+        with pytest.raises(SpawnError, match=r"^cd /nonexistent: no such directory$"):
             spawn_job(JobSpec(["true"], cwd="/nonexistent"), r, w, w)
+        with pytest.raises(SpawnError, match=r"^/etc/passwd: Permission denied$"):
+            spawn_job(JobSpec(["/etc/passwd"]), r, w, w)
         with pytest.raises(SpawnError, match="gid"):
             spawn_job(JobSpec(["true"], uid=65534), r, w, w)
         with pytest.raises(SpawnError, match="empty"):

@@ -48,6 +48,7 @@ if libc.unshare(spec["flags"]) != 0:
 r, w = os.pipe2(os.O_CLOEXEC)
 job = os.fork()
 if job == 0:
+    what = "set up"
     try:
         os.close(r)
         os.setsid()
@@ -63,16 +64,20 @@ if job == 0:
         os.closerange(3, w)
         os.closerange(w + 1, 1 << 16)
         if spec["uid"] is not None:
+            what = "set user %d" % spec["uid"]
             os.setgroups(spec["groups"])
             os.setgid(spec["gid"])
             os.setuid(spec["uid"])
+        what = "cd " + spec["cwd"]
         os.chdir(spec["cwd"])
         argv = [os.fsencode(a) for a in spec["argv"]]
         env = {os.fsencode(k): os.fsencode(v) for k, v in spec["env"].items()}
+        what = spec["argv"][0]
         os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        os.write(w, (what + (": no such directory" if what.startswith("cd ") else ": command not found")).encode(errors="replace"))
     except BaseException as e:
-        what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        os.write(w, what.encode(errors="replace"))
+        os.write(w, (what + ": " + (getattr(e, "strerror", None) or str(e))).encode(errors="replace"))
     os._exit(127)
 os.close(w)
 failed = b""
@@ -80,7 +85,7 @@ while chunk := os.read(r, 4096):
     failed += chunk
 if failed:
     os.waitpid(job, 0)
-    print("ERR " + spec["argv"][0] + ": " + failed.decode(errors="replace"))
+    print("ERR " + failed.decode(errors="replace"))
 else:
     print("OK %d" % job)
 """
