@@ -11,7 +11,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,13 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from pymosix.migration.criu import CriuDriver
-from pymosix.migration.spawn import JobSpec, become_subreaper, pipe_inode, spawn_job
+from pymosix.migration.criu import CriuDriver, make_images_dir
+from pymosix.migration.spawn import (
+    JobSpec,
+    become_subreaper,
+    pipe_inode,
+    spawn_job,
+    stdio_inodes,
+)
 
 pytestmark = pytest.mark.kernel
 
 #: The seed's loop (section 5.3), printing every STEP-th value so the count can be followed.
-STEP = 200_000
+STEP = 50_000
 COUNTER = f'$|=1; $i=1; while($i) {{ $i++; print "$i\\n" if $i % {STEP} == 0; }}'
 
 
@@ -84,6 +89,10 @@ def start_counter() -> tuple[Job, list[int]]:
     return Job(pid, in_w, out_r), [in_w, out_r]
 
 
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def kill_and_reap(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -102,7 +111,7 @@ def kill_and_reap(pid: int) -> None:
 def workspace() -> Iterator[dict[str, object]]:
     """An image directory on tmpfs and a throwaway network namespace; all removed afterwards."""
     become_subreaper()
-    images = Path(tempfile.mkdtemp(prefix="pmx-fnd-", dir="/dev/shm"))
+    images = make_images_dir("pmx-fnd-")
     netns = f"pmx-fnd-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", netns], check=True, timeout=20)
     subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, timeout=20)
@@ -136,22 +145,25 @@ def test_dump_restore_in_other_netns_continues_counting(workspace: dict[str, obj
     ]
     assert nspid[0].split()[-1] == "1", "the job must be PID 1 of its own PID namespace"
     job.read_counts(3)
-    stdin_key = os.readlink(f"/proc/{job.pid}/fd/0")
-    stdout_key = os.readlink(f"/proc/{job.pid}/fd/1")
+    keys = stdio_inodes(job.pid)
+    assert keys[1] == keys[2] == pipe_inode(job.stdout_r)
 
     driver = CriuDriver()
     asyncio.run(driver.dump(job.pid, images, leave_stopped=True))
     job.drain()  # what it printed before the freeze
     last_before = job.seen[-1]
-    kill_and_reap(job.pid)  # the stopped original: the restored copy takes over
+    os.kill(job.pid, signal.SIGKILL)  # the stopped original: the restored copy takes over
+    _, status = os.waitpid(job.pid, 0)
     pids.remove(job.pid)
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGKILL
 
     new_in_r, new_in_w = os.pipe()
     new_out_r, new_out_w = os.pipe()
     fds += [new_in_r, new_in_w, new_out_r, new_out_w]
     result = asyncio.run(
         driver.restore(
-            images, {new_in_r: stdin_key, new_out_w: stdout_key}, join_netns=f"/run/netns/{netns}"
+            images, {new_in_r: keys[0], new_out_w: keys[1]}, join_netns=f"/run/netns/{netns}"
         )
     )
     pids.append(result.pid)
@@ -160,13 +172,23 @@ def test_dump_restore_in_other_netns_continues_counting(workspace: dict[str, obj
     _nonblocking(new_out_r)
 
     assert result.pid != job.pid
+    # -d -S from an asyncio subprocess: the restored job is our own child, not criu's.
+    assert _ppid(result.pid) == os.getpid()
     assert os.stat(f"/proc/{result.pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
+    status_text = Path(f"/proc/{result.pid}/status").read_text()
+    assert f"NSpid:\t{result.pid}\t1\n" in status_text, "PID 1 of a fresh PID namespace again"
     restored = Job(result.pid, new_in_w, new_out_r)
     after = restored.read_counts(3)
     # Went on from where it was: the very next value, and nowhere near a fresh start.
     assert after[0] == last_before + STEP, (last_before, after)
+    print(f"counted to {last_before} before the dump, {after} after the restore")
     assert after == sorted(after)
-    assert pipe_inode(new_out_r).startswith("pipe:[")
+    assert stdio_inodes(result.pid)[1] == pipe_inode(new_out_r), "stdout re-bound to our pipe"
+    # And we reap it with its real status, as the agent will.
+    os.kill(result.pid, signal.SIGKILL)
+    _, status = os.waitpid(result.pid, 0)
+    pids.remove(result.pid)
+    assert os.WTERMSIG(status) == signal.SIGKILL
 
 
 def test_failed_migration_rolls_back_with_sigcont(workspace: dict[str, object]) -> None:

@@ -1,14 +1,17 @@
 """CriuDriver: the only place that runs criu. Builds argv, runs it, turns failures into one line.
 
 Dump leaves the job stopped (-s) so that a failed migration can resume it with SIGCONT; restore
-uses -d -S so that the restored job becomes the caller's own child (research/criu.md §4).
+uses -d -S so that the restored job becomes the caller's own child (research/criu.md §4). Always
+-v4 -o LOG; a failure raises CriuError with the log's telling line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +23,21 @@ from pymosix.errors import CriuError
 _ERROR_LINE = re.compile(r"\bError\b|\(\d+\.\d+\) Error|Can't|can't|Unable|failed", re.IGNORECASE)
 
 
+#: Error lines that are not the cause: a harmless one without CAP_SYS_RESOURCE, and the summary.
+_NOT_THE_CAUSE = ("Can't setup RLIMIT_NOFILE", "Dumping FAILED.", "Restoring FAILED.")
+
+
 def last_error(log_text: str) -> str:
-    """The most telling error line of a criu log, without its timestamp prefix."""
+    """The most telling error line of a criu log, without its timestamp prefix.
+
+    The first real "Error" line, since criu's later ones are consequences; the summary line only
+    when nothing better was logged.
+    """
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "Error" in ln]
-    pick = (
-        errors[0] if errors else next((ln for ln in reversed(lines) if _ERROR_LINE.search(ln)), "")
+    causes = [ln for ln in errors if not any(n in ln for n in _NOT_THE_CAUSE)]
+    pick = next(iter(causes), "") or next(
+        (ln for ln in reversed(lines) if _ERROR_LINE.search(ln)), ""
     )
     if not pick and lines:
         pick = lines[-1]
@@ -38,8 +50,48 @@ class RestoreResult:
     log: Path
 
 
+#: Where images go: tmpfs, so a dump is a memory copy and nothing is left on disk.
+IMAGE_ROOTS = (Path("/dev/shm"), Path("/run"))
+
+
+def make_images_dir(prefix: str = "pmx-img-", root: Path | None = None) -> Path:
+    """A fresh 0700 directory on tmpfs for one dump: images hold the job's whole memory."""
+    base = root or next((r for r in IMAGE_ROOTS if r.is_dir()), Path(tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def dump_args(pid: int, images: Path, log: Path, leave_stopped: bool = True) -> list[str]:
+    """criu arguments to freeze and dump the tree whose namespace init is `pid`."""
+    args = ["dump", "-t", str(pid), "-D", str(images)]
+    if leave_stopped:
+        args.append("-s")
+    return [*args, "-v4", "-o", str(log)]
+
+
+def restore_args(
+    images: Path,
+    log: Path,
+    pidfile: Path,
+    inherit_fds: Mapping[int, str],
+    join_netns: str | None = None,
+) -> list[str]:
+    """criu arguments to restore as the caller's child (-d -S), stdio re-bound to our fds."""
+    args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile)]
+    # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
+    args.append("--manage-cgroups=ignore")
+    if join_netns:
+        args += ["--join-ns", f"net:{join_netns}"]
+    for fd, key in inherit_fds.items():
+        args += ["--inherit-fd", f"fd[{fd}]:{key}"]
+    return [*args, "-v4", "-o", str(log)]
+
+
 class CriuDriver:
-    """Runs one criu binary; every call logs at -v4 into the images directory."""
+    """Runs one criu binary; every call logs at -v4 (into the images directory by default).
+
+    criu runs as a direct child of this process (asyncio's fork-exec), so with -d -S the
+    restored job is this process's child too: the agent waitpid()s it like a job it spawned.
+    """
 
     def __init__(self, criu: str = "", timeout_s: float = 120.0) -> None:
         found = find_criu(criu)
@@ -49,43 +101,64 @@ class CriuDriver:
         self.timeout_s = timeout_s
 
     async def _run(self, args: Sequence[str], log: Path, pass_fds: Sequence[int] = ()) -> None:
-        argv = [self.criu, *args, "-v4", "-o", str(log)]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            pass_fds=tuple(pass_fds),
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.criu,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=tuple(pass_fds),
+            )
+        except OSError as e:
+            raise CriuError(f"cannot run {self.criu}: {e.strerror or e}") from None
         try:
             _, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
-        except TimeoutError:
-            proc.kill()
+        except BaseException as e:
+            # Timed out or cancelled: never leave a criu behind holding the job frozen.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()
-            raise CriuError(f"criu {args[0]} took longer than {self.timeout_s:.0f} s") from None
+            if isinstance(e, TimeoutError):
+                raise CriuError(f"criu {args[0]} took longer than {self.timeout_s:.0f} s") from None
+            raise
         if proc.returncode != 0:
             try:
                 text = log.read_text(errors="replace")
             except OSError:
                 text = err.decode(errors="replace")
-            raise CriuError(f"criu {args[0]} failed: {last_error(text)}")
+            raise CriuError(f"criu {args[0]} failed: {last_error(text)} (log: {log})")
 
-    async def check(self) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            self.criu, "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise CriuError(f"'criu check' fails: {last_error(out.decode(errors='replace'))}")
+    async def check(self) -> str:
+        """criu's version line if `criu check` passes; CriuError with its complaint if not."""
+        version = ""
+        for what in ("--version", "check"):
+            proc = await asyncio.create_subprocess_exec(
+                self.criu,
+                what,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            text = out.decode(errors="replace")
+            if proc.returncode != 0:
+                raise CriuError(f"'{self.criu} {what}' fails: {last_error(text)}")
+            if what == "--version":
+                version = next((ln for ln in text.splitlines() if ln.startswith("Version")), "")
+        return f"{self.criu} {version.replace('Version: ', 'version ').strip()}"
 
-    async def dump(self, pid: int, images: Path, *, leave_stopped: bool = True) -> Path:
-        """Freeze and dump the job whose namespace init is `pid`; returns the log path."""
+    async def dump(
+        self, pid: int, images: Path, *, leave_stopped: bool = True, log: Path | None = None
+    ) -> Path:
+        """Freeze and dump the job whose namespace init is `pid`; returns the log path.
+
+        With leave_stopped the job stays SIGSTOPped after the dump: SIGCONT is the rollback.
+        """
         images.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log = images / "dump.log"
-        args = ["dump", "-t", str(pid), "-D", str(images)]
-        if leave_stopped:
-            args.append("-s")
-        await self._run(args, log)
+        os.chmod(images, 0o700)
+        log = log or images / "dump.log"
+        await self._run(dump_args(pid, images, log, leave_stopped), log)
         return log
 
     async def restore(
@@ -93,20 +166,21 @@ class CriuDriver:
         images: Path,
         inherit_fds: Mapping[int, str],
         *,
+        pidfile: Path | None = None,
         join_netns: str | None = None,
+        log: Path | None = None,
     ) -> RestoreResult:
-        """Restore the job as our child; `inherit_fds` maps our fd -> the image's ``pipe:[INO]``."""
-        log = images / "restore.log"
-        pidfile = images / "restore.pid"
-        args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile)]
-        # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
-        args += ["--manage-cgroups=ignore"]
-        if join_netns:
-            args += ["--join-ns", f"net:{join_netns}"]
-        for fd, key in inherit_fds.items():
-            args += ["--inherit-fd", f"fd[{fd}]:{key}"]
+        """Restore the job as our child; `inherit_fds` maps our fd -> the image's ``pipe:[INO]``.
+
+        join_netns is a netns file (``/run/netns/NAME``) the job is restored into.
+        """
+        log = log or images / "restore.log"
+        pidfile = pidfile or images / "restore.pid"
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
         for fd in inherit_fds:
             os.set_inheritable(fd, True)
+        args = restore_args(images, log, pidfile, inherit_fds, join_netns)
         await self._run(args, log, pass_fds=list(inherit_fds))
         try:
             pid = int(pidfile.read_text().strip())
