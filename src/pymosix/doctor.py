@@ -60,6 +60,7 @@ def effective_caps(status_text: str) -> int:
 
 
 def check_root(euid: int, caps: int) -> Check:
+    """Root with CAP_SYS_ADMIN (namespaces; covers checkpoint/restore) and CAP_SYS_PTRACE."""
     missing = [
         name
         for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"))
@@ -69,7 +70,8 @@ def check_root(euid: int, caps: int) -> Check:
         return Check("root", Status.FAIL, f"running as uid {euid}", "run as root (sudo)")
     if missing:
         return Check("root", Status.FAIL, "missing " + ", ".join(missing), "run as full root")
-    return Check("root", Status.OK, "uid 0 with CAP_SYS_ADMIN and CAP_SYS_PTRACE")
+    extra = ", CAP_CHECKPOINT_RESTORE" if caps & (1 << CAP_CHECKPOINT_RESTORE) else ""
+    return Check("root", Status.OK, f"uid 0 with CAP_SYS_ADMIN, CAP_SYS_PTRACE{extra}")
 
 
 def read_kernel_config() -> str | None:
@@ -93,17 +95,28 @@ def check_kernel_options(config_text: str | None, proc: Path = Path("/proc")) ->
     }
     out: list[Check] = []
     if config_text is None:
-        # No config to read: infer from what the kernel exposes.
+        # No config to read: infer from what the kernel exposes. kernel.ns_last_pid exists only
+        # with CONFIG_CHECKPOINT_RESTORE (and PID namespaces, which jobs need as well).
         inferred = {
-            "CONFIG_CHECKPOINT_RESTORE": (proc / "self" / "map_files").exists(),
+            "CONFIG_CHECKPOINT_RESTORE": (proc / "self" / "ns" / "pid").exists()
+            and (proc / "sys" / "kernel" / "ns_last_pid").exists(),
             "CONFIG_USERFAULTFD": (proc / "sys" / "vm" / "unprivileged_userfaultfd").exists(),
         }
         for opt, why in wanted.items():
             if inferred[opt]:
-                out.append(Check(opt, Status.OK, "present (inferred; no kernel config readable)"))
+                out.append(
+                    Check(
+                        opt, Status.OK, "present (inferred from /proc: no kernel config readable)"
+                    )
+                )
             else:
                 out.append(
-                    Check(opt, Status.FAIL, f"appears missing; {why}", "use a kernel with it")
+                    Check(
+                        opt,
+                        Status.FAIL if opt == "CONFIG_CHECKPOINT_RESTORE" else Status.WARN,
+                        f"appears missing (inferred from /proc); {why}",
+                        "use a kernel built with it",
+                    )
                 )
         return out
     lines = set(config_text.splitlines())
@@ -159,33 +172,49 @@ IFF_LOOPBACK = 0x8
 IFF_MULTICAST = 0x1000
 
 
-def check_multicast(interface: str = "", sys_net: Path = Path("/sys/class/net")) -> Check:
-    """Whether the interface carries multicast, from its flags; nothing is sent."""
-    names = [interface] if interface else sorted(p.name for p in sys_net.iterdir())
-    for name in names:
-        try:
-            flags = int((sys_net / name / "flags").read_text().strip(), 16)
-        except (OSError, ValueError):
-            if interface:
-                return Check(
-                    "multicast", Status.FAIL, f"no interface {interface}", "check the name"
-                )
-            continue
-        if flags & IFF_LOOPBACK and not interface:
-            continue
-        if not flags & IFF_UP and not interface:
-            continue
-        if flags & IFF_MULTICAST:
-            return Check("multicast", Status.OK, f"{name} has MULTICAST (discovery can run)")
-        if interface:
-            break
-    what = interface or "no up interface"
+def default_route_interface(route_text: str) -> str:
+    """The interface of the IPv4 default route, from /proc/net/route text; "" if none."""
+    for line in route_text.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 2 and f[1] == "00000000":
+            return f[0]
+    return ""
+
+
+def check_multicast(
+    interface: str = "", sys_net: Path = Path("/sys/class/net"), default: str = ""
+) -> Check:
+    """Whether the interface carries multicast, from its flags; nothing is sent.
+
+    The configured interface, else the default route's, else the first up non-loopback one.
+    """
+    chosen = interface or default
+    if not chosen:
+        for p in sorted(sys_net.iterdir()):
+            flags = _flags(p / "flags")
+            if flags is not None and flags & IFF_UP and not flags & IFF_LOOPBACK:
+                chosen = p.name
+                break
+    if not chosen:
+        return Check("multicast", Status.WARN, "no interface is up", "bring the LAN interface up")
+    flags = _flags(sys_net / chosen / "flags")
+    if flags is None:
+        return Check("multicast", Status.FAIL, f"no interface {chosen}", "check the name")
+    if flags & IFF_MULTICAST:
+        return Check("multicast", Status.OK, f"{chosen} has MULTICAST (discovery can run)")
     return Check(
         "multicast",
         Status.WARN,
-        f"{what} without MULTICAST",
-        "enable it (ip link set IF multicast on) or use a static map (map_file)",
+        f"{chosen} without MULTICAST",
+        f"ip link set {chosen} multicast on, or use a static map (map_file)",
     )
+
+
+def _flags(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 def check_cpuset(cgroup_root: Path = Path("/sys/fs/cgroup")) -> Check:
@@ -236,21 +265,39 @@ def check_python_dependencies(
     return Check("python", Status.OK, f"Python {platform.python_version()}, dependencies present")
 
 
+def guarded(name: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
+    """Run one check; an unexpected error is that check's FAIL line, never a traceback."""
+    try:
+        out = fn()
+    except Exception as e:
+        return [Check(name, Status.FAIL, f"check crashed: {type(e).__name__}: {e}", "report it")]
+    return out if isinstance(out, list) else [out]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
 def run_all(key_file: Path = DEFAULT_KEY_FILE, interface: str = "", criu: str = "") -> list[Check]:
     """Every check, in the order the doctor prints them."""
     euid = os.geteuid()
-    checks = [check_root(euid, effective_caps(Path("/proc/self/status").read_text()))]
-    checks += check_kernel_options(read_kernel_config())
-    if euid != 0:
-        checks.append(Check("criu", Status.FAIL, "not checked: needs root", "run as root"))
-        checks.append(Check("netns", Status.FAIL, "not checked: needs root", "run as root"))
+    checks = guarded("root", lambda: check_root(euid, effective_caps(_read("/proc/self/status"))))
+    checks += guarded("kernel", lambda: check_kernel_options(read_kernel_config()))
+    if checks[0].status is not Status.OK:
+        # criu and `ip netns` would only fail for want of privileges, with murkier messages.
+        for name in ("criu", "netns"):
+            checks.append(Check(name, Status.FAIL, "not checked: needs full root", "run as root"))
     else:
-        checks.append(check_criu(criu))
-        checks.append(check_netns())
-    checks.append(check_multicast(interface))
-    checks.append(check_cpuset())
-    checks.append(check_key(key_file))
-    checks.append(check_python_dependencies())
+        checks += guarded("criu", lambda: check_criu(criu))
+        checks += guarded("netns", check_netns)
+    default = default_route_interface(_read("/proc/net/route"))
+    checks += guarded("multicast", lambda: check_multicast(interface, default=default))
+    checks += guarded("cpuset", check_cpuset)
+    checks += guarded("cluster key", lambda: check_key(key_file))
+    checks += guarded("python", check_python_dependencies)
     return checks
 
 
