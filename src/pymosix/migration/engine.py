@@ -11,7 +11,7 @@ import pwd
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from pymosix.migration.criu import CriuDriver
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
 from pymosix.migration.link import ChannelLink, Frame, LocalLink
-from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, spawn_job
+from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
 
 if TYPE_CHECKING:
     from pymosix.agent import NodeAgent
@@ -45,6 +45,23 @@ def _groups_of(pid: int) -> list[int]:
     except (OSError, StopIteration):
         return []
     return [int(g) for g in line.split()[1:]]
+
+
+def _root_only(conn: ControlConnection, what: str) -> None:
+    if conn.peer.uid != 0:
+        raise PymosixError(f"only root may {what} (mosctl {what} as root)")
+
+
+async def _all_or_why(moves: list[tuple[int, Awaitable[int]]], what: str) -> None:
+    """Run the moves together; if any failed, say which and why."""
+    results = await asyncio.gather(*(m for _, m in moves), return_exceptions=True)
+    failed = [
+        f"{pid}: {r}"
+        for (pid, _), r in zip(moves, results, strict=True)
+        if isinstance(r, BaseException)
+    ]
+    if failed:
+        raise PymosixError(f"{what}: " + "; ".join(failed))
 
 
 def _user_name(uid: int) -> str:
@@ -153,7 +170,7 @@ class MigrationEngine:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            pid = spawn_job(spec, in_r, out_w, err_w)
+            pid = await start_job(spec, in_r, out_w, err_w)
         except SpawnError as e:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -309,34 +326,25 @@ class MigrationEngine:
 
     async def _op_expel(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Send every guest home; this node blocks guests from now on."""
+        _root_only(conn, "expel")
         self.agent.flags.block = True
         me = self.agent.node_id
         guests = [h for h in self.hosted.values() if h.meta.home_node != me]
-        results = await asyncio.gather(
-            *(self.migrate_hosted(h, h.meta.home_node) for h in guests), return_exceptions=True
+        await _all_or_why(
+            [(h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node)) for h in guests],
+            "some guests could not be sent home",
         )
-        failed = [
-            f"{h.meta.home_pid}: {r}"
-            for h, r in zip(guests, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        if failed:
-            raise PymosixError("some guests could not be sent home: " + "; ".join(failed))
         return {"expelled": len(guests), "message": f"expelled {len(guests)} guest(s); block is on"}
 
     async def _op_bring(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Bring every job of this node home; its local jobs stay from now on."""
+        _root_only(conn, "bring")
         self.agent.flags.lstay = True
         me = self.agent.node_id
         away = [j for j in self.home_jobs.values() if j.node != me]
-        results = await asyncio.gather(*(j.move(me) for j in away), return_exceptions=True)
-        failed = [
-            f"{j.meta.home_pid}: {r}"
-            for j, r in zip(away, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        if failed:
-            raise PymosixError("some jobs could not come home: " + "; ".join(failed))
+        await _all_or_why(
+            [(j.meta.home_pid, j.move(me)) for j in away], "some jobs could not come home"
+        )
         return {"brought": len(away), "message": f"brought {len(away)} job(s) home; lstay is on"}
 
     # --- the other agents --------------------------------------------------------------------
