@@ -126,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--unit-s", type=float, default=2.0, help="length of one unit of work, seconds")
+    ap.add_argument("--unit-s", type=float, default=5.0, help="length of one unit of work, seconds")
     ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()

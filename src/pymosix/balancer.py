@@ -107,7 +107,9 @@ class Balancer:
         return ClusterSnapshot(NodeId(me_id), now, jobs, peers, me, self.policy, tuple(self.recent))
 
     async def _loop(self) -> None:
-        period = self.agent.config.load_interval_ms / 1000
+        # Twice per load interval: a new job is seen within half an interval of its minimum age;
+        # the policy's cool-downs and recent moves keep the extra rounds from moving anything twice.
+        period = self.agent.config.load_interval_ms / 2000
         while True:
             await asyncio.sleep(period)
             if not self.agent.config.balance:

@@ -260,8 +260,11 @@ class HostedJob:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(self.pid)
             proc.cpu_percent()
+            # The first figure comes early: the balancer waits for it before moving a new job.
+            period = 0.5
             while True:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(period)
+                period = 1.0
                 procs = [proc]
                 with contextlib.suppress(psutil.Error):
                     procs += proc.children(recursive=True)
