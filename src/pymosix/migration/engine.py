@@ -405,7 +405,9 @@ class MigrationEngine:
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
         images.mkdir(mode=0o700)
         try:
+            t0 = time.monotonic()
             await self._drain_files(ch, images)
+            t_received = time.monotonic()
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
             hosted = await self._restore(
                 meta, images, keys, bytes(p.get("stdin") or b""), bool(p.get("stdin_eof"))
@@ -414,6 +416,13 @@ class MigrationEngine:
             log.warning("could not take job %d: %s", meta.home_pid, e)
             await ch.send(Frame.FAILED, {"error": str(e)})
             return False
+        else:
+            log.info(
+                "job %d: image received in %.3f s, restored in %.3f s",
+                meta.home_pid,
+                t_received - t0,
+                time.monotonic() - t_received,
+            )
         finally:
             shutil.rmtree(images, ignore_errors=True)
         try:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import struct
 import termios
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -373,6 +374,7 @@ class HostedJob:
             keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
             self._paused_ack.clear()
             self._in_paused = True
+            t_begin = time.monotonic()
             await self.link.send(Frame.PAUSE, {})
             try:
                 await asyncio.wait_for(self._paused_ack.wait(), 10)
@@ -384,8 +386,10 @@ class HostedJob:
             leftover = b""
             try:
                 self._unwatch_output()
+                t_freeze = time.monotonic()
                 await self.engine.criu.dump(self.pid, images, leave_stopped=True)
                 frozen = True
+                t_dumped = time.monotonic()
                 for job_fd, fd in self.out_fds.items():
                     data = _read_all(fd)
                     if data:
@@ -394,6 +398,7 @@ class HostedJob:
                 self._outq.put_nowait((Frame.FLUSHED, {}))
                 await asyncio.wait_for(self._flush_ack.wait(), 10)
                 leftover = _read_available(self.stdin_r)
+                t_flushed = time.monotonic()
                 new_pid = await self._transfer(
                     images, address, port, keys, leftover + bytes(self.pending_in), offer_load
                 )
@@ -422,13 +427,27 @@ class HostedJob:
                 raise
             # The copy on the target runs: the frozen original and everything of it here go.
             self.state = "moved"
+            image_mb = sum(f.stat().st_size for f in images.iterdir()) / 2**20
             for pid in tree_pids(self.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             await self._reap_original()
             shutil.rmtree(images, ignore_errors=True)
             self._outq.put_nowait(None)
-            log.info("job %d moved to node %d (pid %d there)", self.meta.home_pid, target, new_pid)
+            t_done = time.monotonic()
+            log.info(
+                "job %d moved to node %d (pid %d there): frozen %.3f s (dump %.3f, flush %.3f, "
+                "transfer and restore %.3f), %.1f MB of image; pause took %.3f s",
+                self.meta.home_pid,
+                target,
+                new_pid,
+                t_done - t_freeze,
+                t_dumped - t_freeze,
+                t_flushed - t_dumped,
+                t_done - t_flushed,
+                image_mb,
+                t_freeze - t_begin,
+            )
             self.finish()
 
     async def _reap_original(self) -> None:
