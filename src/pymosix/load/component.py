@@ -163,7 +163,7 @@ class LoadComponent:
             if e is None:
                 row.update(up=False, age_ms=None)
             else:
-                row.update(e.to_wire(now))
+                row.update(e.to_row(now))
                 row["up"] = now - e.measured_at <= self.table.max_age_s
             out.append(row)
         return out

@@ -13,8 +13,10 @@ from typing import Any
 
 from pymosix.errors import DecodeError
 
-#: Entries relayed per report besides the sender's own (keeps a report inside one datagram).
-RELAY_PER_REPORT = 6
+#: Entries relayed per report besides the sender's own: 17 entries of about 60 bytes keep a
+#: report inside one datagram, and let every node of a few dozen hear of every other in seconds.
+RELAY_PER_REPORT = 16
+WIRE_FIELDS = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,8 @@ class LoadEntry:
     block: bool
     measured_at: float
 
-    def to_wire(self, now: float) -> dict[str, Any]:
+    def to_row(self, now: float) -> dict[str, Any]:
+        """The entry as the control socket shows it (mosmon, mosctl): named fields, its age."""
         d = asdict(self)
         del d["measured_at"]
         d["age_ms"] = max(0, int((now - self.measured_at) * 1000))
@@ -43,29 +46,48 @@ class LoadEntry:
         d["util"] = round(self.util, 3)
         return d
 
+    def to_wire(self, now: float) -> list[Any]:
+        """The entry in a load report: positional, so that a datagram carries many of them."""
+        flags = int(self.stay) | int(self.lstay) << 1 | int(self.block) << 2
+        return [
+            self.node_id,
+            round(self.load, 3),
+            round(self.util, 3),
+            self.speed,
+            self.ncpus,
+            self.mem_total,
+            self.mem_free,
+            self.local_jobs,
+            self.guest_jobs,
+            flags,
+            max(0, int((now - self.measured_at) * 1000)),
+        ]
+
     @classmethod
     def from_wire(cls, d: Any, now: float) -> LoadEntry:
-        if not isinstance(d, dict):
-            raise DecodeError("load entry is not a map")
+        if not isinstance(d, list) or len(d) != WIRE_FIELDS:
+            raise DecodeError(f"load entry is not a list of {WIRE_FIELDS} fields")
         try:
-            age = int(d["age_ms"])
+            node_id, load, util, speed, ncpus, mem_total, mem_free, local, guest, flags, age = d
+            age = int(age)
+            flags = int(flags)
             entry = cls(
-                node_id=int(d["node_id"]),
-                load=float(d["load"]),
-                util=float(d["util"]),
-                speed=int(d["speed"]),
-                ncpus=int(d["ncpus"]),
-                mem_total=int(d["mem_total"]),
-                mem_free=int(d["mem_free"]),
-                local_jobs=int(d["local_jobs"]),
-                guest_jobs=int(d["guest_jobs"]),
-                stay=bool(d["stay"]),
-                lstay=bool(d["lstay"]),
-                block=bool(d["block"]),
+                node_id=int(node_id),
+                load=float(load),
+                util=float(util),
+                speed=int(speed),
+                ncpus=int(ncpus),
+                mem_total=int(mem_total),
+                mem_free=int(mem_free),
+                local_jobs=int(local),
+                guest_jobs=int(guest),
+                stay=bool(flags & 1),
+                lstay=bool(flags & 2),
+                block=bool(flags & 4),
                 measured_at=now - age / 1000,
             )
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise DecodeError("load entry has missing or bad fields") from None
+        except (TypeError, ValueError, OverflowError):
+            raise DecodeError("load entry has bad fields") from None
         if not (
             0 < entry.node_id <= 0xFFFF
             and 0 <= age <= 3_600_000
@@ -119,9 +141,7 @@ class LoadTable:
         if e is not None:
             self.entries[node_id] = replace(e, load=max(0.0, e.load + load_delta))
 
-    def report(
-        self, now: float, rng: random.Random, k: int = RELAY_PER_REPORT
-    ) -> list[dict[str, Any]]:
+    def report(self, now: float, rng: random.Random, k: int = RELAY_PER_REPORT) -> list[list[Any]]:
         """Our own entry first, then up to k others: the least loaded half, the rest at random."""
         own = self.entries.get(self.self_id)
         others = [e for e in self.entries.values() if e.node_id != self.self_id]
