@@ -65,7 +65,11 @@ def test_job_is_pid1_session_leader_with_clean_signals(use_async: bool) -> None:
     assert nspid.split() == [str(pid), "1"], "PID 1 of a namespace one level below ours"
     assert leader == "leader"
     # Perl itself ignores SIGFPE at start; nothing else may stay ignored (SIGPIPE above all).
-    assert int(sigign, 16) & ~(1 << (signal.SIGFPE - 1)) == 0, "no signal may stay ignored"
+    # glibc's own real-time signals (32, 33) are not ours to set: a caller may pass them ignored.
+    settable = sum(
+        1 << (int(sig) - 1) for sig in signal.valid_signals() if int(sig) != signal.SIGFPE
+    )
+    assert int(sigign, 16) & settable == 0, "no signal may stay ignored"
     assert int(sigblk, 16) == 0
     assert uid.split()[0] == "0"
     assert (cwd, env) == ("/tmp", "x y")
