@@ -48,6 +48,8 @@ REPLY_BYTES = NONCE_BYTES + 2 + MAC_BYTES
 MAX_FRAME = 4 * 1024 * 1024
 TAG_BYTES = 16
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Stream buffer: a whole image frame fits, so reading one does not pause the socket 16 times.
+STREAM_LIMIT = 2 * MAX_FRAME
 
 # --- handshake (pure) ---------------------------------------------------------------------------
 
@@ -258,7 +260,9 @@ async def open_channel(
     host: str, port: int, key: bytes, node_id: int, timeout_s: float = HANDSHAKE_TIMEOUT_S
 ) -> Channel:
     """Connect to a peer agent and authenticate both ways."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout_s
+    )
     try:
         return await asyncio.wait_for(_client_handshake(reader, writer, key, node_id), timeout_s)
     except BaseException:
@@ -328,4 +332,4 @@ async def serve_channels(
         finally:
             await ch.aclose()
 
-    return await asyncio.start_server(accept, host, port)
+    return await asyncio.start_server(accept, host, port, limit=STREAM_LIMIT)

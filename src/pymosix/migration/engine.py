@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pymosix.control_server import ControlConnection
 from pymosix.errors import AuthError, CriuError, DecodeError, MigrationError, PymosixError
 from pymosix.ids import format_node_id
-from pymosix.migration.channel import Channel, accept_channel, open_channel
+from pymosix.migration.channel import STREAM_LIMIT, Channel, accept_channel, open_channel
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
@@ -102,7 +102,7 @@ class MigrationEngine:
         become_subreaper()
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await asyncio.start_server(
-            self._accept, self.agent.address, self.agent.config.migration_port
+            self._accept, self.agent.address, self.agent.config.migration_port, limit=STREAM_LIMIT
         )
 
     async def stop(self) -> None:
