@@ -83,6 +83,8 @@ class MigrationEngine:
         self.hosted: dict[tuple[int, int], HostedJob] = {}
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[Any]] = set()
+        #: Migrations into this node under way (expel waits for them).
+        self._incoming = 0
         for op, handler in (
             ("run", self._op_run),
             ("jobs", self._op_jobs),
@@ -329,12 +331,22 @@ class MigrationEngine:
         _root_only(conn, "expel")
         self.agent.flags.block = True
         me = self.agent.node_id
-        guests = [h for h in self.hosted.values() if h.meta.home_node != me]
-        await _all_or_why(
-            [(h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node)) for h in guests],
-            "some guests could not be sent home",
-        )
-        return {"expelled": len(guests), "message": f"expelled {len(guests)} guest(s); block is on"}
+        expelled = 0
+        # Guests already on their way in when block went on arrive after it: wait, expel again.
+        while True:
+            guests = [
+                h for h in self.hosted.values() if h.meta.home_node != me and h.state == "running"
+            ]
+            if not guests and not self._incoming:
+                break
+            await _all_or_why(
+                [(h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node)) for h in guests],
+                "some guests could not be sent home",
+            )
+            expelled += len(guests)
+            if self._incoming:
+                await asyncio.sleep(0.05)
+        return {"expelled": expelled, "message": f"expelled {expelled} guest(s); block is on"}
 
     async def _op_bring(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Bring every job of this node home; its local jobs stay from now on."""
@@ -391,6 +403,13 @@ class MigrationEngine:
 
     async def _receive(self, ch: Channel, p: dict[str, Any]) -> bool:
         """An incoming job: take the image, restore it, tell its home where it is now."""
+        self._incoming += 1
+        try:
+            return await self._receive_job(ch, p)
+        finally:
+            self._incoming -= 1
+
+    async def _receive_job(self, ch: Channel, p: dict[str, Any]) -> bool:
         meta = JobMeta.from_wire(p["meta"])
         me = self.agent.node_id
         refusal = None
