@@ -1,6 +1,10 @@
 """Freeze time of a migration (from freeze to running on the target) against resident memory,
 side by side with a bare local `criu dump` + `criu restore` of the same kind of process.
-Usage: python -m bench.freeze_time [--sizes 1,64,256,1024]."""
+
+The two run in turns, --repeat times per size after one unmeasured warm-up pair, and the table
+shows medians: on a virtual machine the first touch of memory the host has taken back costs
+several times more than a warm one, so single runs vary two- to three-fold.
+Usage: python -m bench.freeze_time [--sizes 1,64,256,1024] [--repeat 3]."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -92,6 +97,7 @@ def pymosix(bed: TestBed, mb: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="1,64,256,1024")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -99,12 +105,19 @@ def main() -> None:
     try:
         bed.wait_converged(30)
         for mb in sizes:
-            b = bare(mb)
-            m = pymosix(bed, mb)
+            bare(mb), pymosix(bed, mb)  # warm-up: memory, caches, criu's first start
+            bs, ms = [], []
+            for i in range(args.repeat):
+                bs.append(bare(mb))
+                ms.append(pymosix(bed, mb))
+                print(
+                    f"{mb:5d} MB run {i + 1}: bare criu {bs[-1] * 1000:7.0f} ms, "
+                    f"pymosix migration {ms[-1] * 1000:7.0f} ms",
+                    flush=True,
+                )
+            b, m = statistics.median(bs), statistics.median(ms)
             rows.append({"rss_mb": mb, "bare_criu_s": b, "pymosix_s": m, "ratio": m / b})
-            print(
-                f"{mb:5d} MB: bare criu {b * 1000:7.0f} ms, pymosix migration {m * 1000:7.0f} ms, ratio {m / b:.2f}"
-            )
+            print(f"{mb:5d} MB median: ratio {m / b:.2f}", flush=True)
     finally:
         bed.down()
     print_table(rows)

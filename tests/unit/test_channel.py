@@ -182,8 +182,8 @@ async def test_loopback_both_ways_and_truncation() -> None:
         assert await asyncio.wait_for(ch.recv(), 5) == (23, {"data": big})
         assert (await got.get())[0] == 22
         # A frame cut short by a dropped connection is EOF on the other side, never a frame.
-        ch.writer.write(ch._send.seal(encode_frame(1, {"x": 1}))[:-5])
-        await ch.writer.drain()
+        ch.stream.write(ch._send.seal(encode_frame(1, {"x": 1}))[:-5])
+        await ch.stream.drain()
         await ch.aclose()
 
         with pytest.raises(AuthError):

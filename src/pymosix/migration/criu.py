@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,12 +61,24 @@ def make_images_dir(prefix: str = "pmx-img-", root: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def dump_args(pid: int, images: Path, log: Path, leave_stopped: bool = True) -> list[str]:
-    """criu arguments to freeze and dump the tree whose namespace init is `pid`."""
+def dump_args(
+    pid: int, images: Path, log: Path, leave_stopped: bool = True, page_socket: int | None = None
+) -> list[str]:
+    """criu arguments to freeze and dump the tree whose namespace init is `pid`.
+
+    With page_socket the pages go to a page server over that connected socket, not into images.
+    """
     args = ["dump", "-t", str(pid), "-D", str(images)]
     if leave_stopped:
         args.append("-s")
+    if page_socket is not None:
+        args += ["--page-server", "--ps-socket", str(page_socket)]
     return [*args, "-v4", "-o", str(log)]
+
+
+def page_server_args(images: Path, log: Path, socket_fd: int) -> list[str]:
+    """criu arguments to take one dump's pages from a connected socket into images."""
+    return ["page-server", "-D", str(images), "--ps-socket", str(socket_fd), "-v4", "-o", str(log)]
 
 
 def restore_args(
@@ -76,7 +89,7 @@ def restore_args(
     join_netns: str | None = None,
 ) -> list[str]:
     """criu arguments to restore as the caller's child (-d -S), stdio re-bound to our fds."""
-    args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile)]
+    args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile), "--auto-dedup"]
     # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
     args.append("--manage-cgroups=ignore")
     if join_netns:
@@ -100,7 +113,15 @@ class CriuDriver:
         self.criu = found
         self.timeout_s = timeout_s
 
-    async def _run(self, args: Sequence[str], log: Path, pass_fds: Sequence[int] = ()) -> None:
+    async def _run(
+        self,
+        args: Sequence[str],
+        log: Path,
+        pass_fds: Sequence[int] = (),
+        hand_over: socket.socket | None = None,
+    ) -> None:
+        """Run criu to its end. hand_over is a socket criu gets and we close once it runs, so
+        that its peer sees the end of the stream when criu exits."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.criu,
@@ -112,6 +133,9 @@ class CriuDriver:
             )
         except OSError as e:
             raise CriuError(f"cannot run {self.criu}: {e.strerror or e}") from None
+        finally:
+            if hand_over is not None:
+                hand_over.close()
         try:
             _, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except BaseException as e:
@@ -149,16 +173,34 @@ class CriuDriver:
         return f"{self.criu} {version.replace('Version: ', 'version ').strip()}"
 
     async def dump(
-        self, pid: int, images: Path, *, leave_stopped: bool = True, log: Path | None = None
+        self,
+        pid: int,
+        images: Path,
+        *,
+        leave_stopped: bool = True,
+        log: Path | None = None,
+        page_socket: socket.socket | None = None,
     ) -> Path:
         """Freeze and dump the job whose namespace init is `pid`; returns the log path.
 
         With leave_stopped the job stays SIGSTOPped after the dump: SIGCONT is the rollback.
+        With page_socket (closed here once criu runs) the pages go to the page server at its
+        other end instead of into images.
         """
         images.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(images, 0o700)
         log = log or images / "dump.log"
-        await self._run(dump_args(pid, images, log, leave_stopped), log)
+        fd = None if page_socket is None else page_socket.fileno()
+        args = dump_args(pid, images, log, leave_stopped, fd)
+        await self._run(args, log, pass_fds=() if fd is None else (fd,), hand_over=page_socket)
+        return log
+
+    async def page_server(self, images: Path, sock: socket.socket, log: Path | None = None) -> Path:
+        """Take one dump's pages from the dumper at the other end of sock (closed here once
+        criu runs) into images; returns when the dumper is done. Returns the log path."""
+        log = log or images / "page-server.log"
+        fd = sock.fileno()
+        await self._run(page_server_args(images, log, fd), log, pass_fds=(fd,), hand_over=sock)
         return log
 
     async def restore(

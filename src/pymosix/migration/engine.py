@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 from pymosix.control_server import ControlConnection
 from pymosix.errors import AuthError, CriuError, DecodeError, MigrationError, PymosixError
 from pymosix.ids import format_node_id
-from pymosix.migration.channel import STREAM_LIMIT, Channel, accept_channel, open_channel
+from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
 from pymosix.migration.criu import CriuDriver
+from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
 from pymosix.migration.link import ChannelLink, Frame, LocalLink
+from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
 
 if TYPE_CHECKING:
@@ -103,8 +105,8 @@ class MigrationEngine:
     async def start(self) -> None:
         become_subreaper()
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._server = await asyncio.start_server(
-            self._accept, self.agent.address, self.agent.config.migration_port, limit=STREAM_LIMIT
+        self._server = await listen(
+            self.agent.address, self.agent.config.migration_port, frame_length, self._accept
         )
 
     async def stop(self) -> None:
@@ -361,16 +363,16 @@ class MigrationEngine:
 
     # --- the other agents --------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, stream: FrameStream) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
         try:
-            ch = await accept_channel(reader, writer, self.agent.key, self.agent.node_id)
+            ch = await accept_channel(stream, self.agent.key, self.agent.node_id)
         except (AuthError, DecodeError, TimeoutError, ConnectionError, OSError) as e:
             log.warning("refused a migration-channel connection: %s", e)
             self.agent.counters.rejected_auth += 1
-            writer.close()
+            stream.close()
             self._conns.discard(task)
             return
         keep = False
@@ -418,31 +420,46 @@ class MigrationEngine:
         elif self.accept is not None and p.get("offer_load") is not None:
             refusal = self.accept(meta.home_node, float(p["offer_load"]))
         if refusal:
-            await self._drain_files(ch, None)
             await ch.send(Frame.FAILED, {"error": refusal})
             return False
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
         images.mkdir(mode=0o700)
+        criu_end, ours = page_socketpair()
+        server = asyncio.ensure_future(self.criu.page_server(images, criu_end))
         try:
+            await ch.send(Frame.READY, {})
             t0 = time.monotonic()
-            await self._drain_files(ch, images)
+            await relay_pages(ch, ours, MAX_IMAGE_BYTES)
+            await asyncio.wait_for(server, 30)
+            t_pages = time.monotonic()
+            done = await self._drain_files(ch, images)
             t_received = time.monotonic()
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
             hosted = await self._restore(
-                meta, images, keys, bytes(p.get("stdin") or b""), bool(p.get("stdin_eof"))
+                meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
-        except (CriuError, MigrationError, OSError, ValueError) as e:
+        except EOFError:
+            log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
+            return False
+        except (CriuError, MigrationError, OSError, ValueError, TimeoutError) as e:
             log.warning("could not take job %d: %s", meta.home_pid, e)
-            await ch.send(Frame.FAILED, {"error": str(e)})
+            with contextlib.suppress(OSError, EOFError):
+                await ch.send(Frame.FAILED, {"error": str(e) or type(e).__name__})
             return False
         else:
             log.info(
-                "job %d: image received in %.3f s, restored in %.3f s",
+                "job %d: pages received in %.3f s, the rest in %.3f s, restored in %.3f s",
                 meta.home_pid,
-                t_received - t0,
+                t_pages - t0,
+                t_received - t_pages,
                 time.monotonic() - t_received,
             )
         finally:
+            if not server.done():
+                server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+            criu_end.close()
+            ours.close()
             shutil.rmtree(images, ignore_errors=True)
         try:
             await self._link_home(hosted)
@@ -463,14 +480,15 @@ class MigrationEngine:
         )
         return False
 
-    async def _drain_files(self, ch: Channel, images: Path | None) -> None:
+    async def _drain_files(self, ch: Channel, images: Path) -> dict[str, Any]:
+        """Write the image files that follow the pages; the DONE frame's payload."""
         total = 0
         handle = None
         try:
             while True:
                 kind, p = await asyncio.wait_for(ch.recv(), 60)
                 if kind == Frame.DONE:
-                    return
+                    return p
                 if kind != Frame.FILE:
                     raise DecodeError(f"unexpected frame {kind} in an image")
                 name = str(p["name"])
@@ -480,8 +498,6 @@ class MigrationEngine:
                 total += len(data)
                 if total > MAX_IMAGE_BYTES:
                     raise MigrationError("image too large")
-                if images is None:
-                    continue
                 if p.get("first"):
                     if handle is not None:
                         handle.close()

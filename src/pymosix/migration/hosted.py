@@ -28,8 +28,9 @@ import psutil
 
 from pymosix.errors import CriuError, MigrationError
 from pymosix.migration.cantmove import cantmove, tree_pids
-from pymosix.migration.channel import open_channel
+from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.link import Frame, Link
+from pymosix.migration.pages import page_socketpair, relay_pages
 
 if TYPE_CHECKING:
     from pymosix.migration.engine import MigrationEngine
@@ -368,87 +369,129 @@ class HostedJob:
             reason = cantmove(self.pid)
             if reason:
                 raise MigrationError(f"job {self.meta.home_pid} cannot move: {reason}")
-            images = (
-                Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
-            )
-            keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
-            self._paused_ack.clear()
-            self._in_paused = True
             t_begin = time.monotonic()
-            await self.link.send(Frame.PAUSE, {})
+            # Ask first: a target that is down or says no costs the job nothing.
+            ch = await self._offer(address, port, target, offer_load)
             try:
-                await asyncio.wait_for(self._paused_ack.wait(), 10)
-            except TimeoutError:
-                self._in_paused = False
-                self._in_ready.set()
-                raise MigrationError("home did not pause stdin in time") from None
-            frozen = False
-            leftover = b""
-            try:
-                self._unwatch_output()
-                t_freeze = time.monotonic()
-                await self.engine.criu.dump(self.pid, images, leave_stopped=True)
-                frozen = True
-                t_dumped = time.monotonic()
-                for job_fd, fd in self.out_fds.items():
-                    data = _read_all(fd)
-                    if data:
-                        self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
-                self._flush_ack.clear()
-                self._outq.put_nowait((Frame.FLUSHED, {}))
-                await asyncio.wait_for(self._flush_ack.wait(), 10)
-                leftover = _read_available(self.stdin_r)
-                t_flushed = time.monotonic()
-                new_pid = await self._transfer(
-                    images, address, port, keys, leftover + bytes(self.pending_in), offer_load
-                )
-            except BaseException as e:
-                # Rollback: the unread stdin goes back into the pipe, the job goes on here.
-                if leftover and self.stdin_w is not None:
-                    with contextlib.suppress(OSError):
-                        os.write(self.stdin_w, leftover)
-                elif leftover:
-                    self.pending_in[:0] = leftover
-                if frozen:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self.pid, signal.SIGCONT)
-                self._watch_output()
-                self._in_paused = False
-                self._in_ready.set()
-                with contextlib.suppress(EOFError):
-                    await self.link.send(Frame.RESUME, {})
-                shutil.rmtree(images, ignore_errors=True)
-                if isinstance(e, (MigrationError, CriuError)):
-                    raise
-                if isinstance(e, (OSError, EOFError, TimeoutError, KeyError, ValueError)):
-                    raise MigrationError(
-                        f"migration to node {target} failed: {e or type(e).__name__}"
-                    ) from None
-                raise
-            # The copy on the target runs: the frozen original and everything of it here go.
-            self.state = "moved"
-            image_mb = sum(f.stat().st_size for f in images.iterdir()) / 2**20
-            for pid in tree_pids(self.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            await self._reap_original()
-            shutil.rmtree(images, ignore_errors=True)
-            self._outq.put_nowait(None)
-            t_done = time.monotonic()
-            log.info(
-                "job %d moved to node %d (pid %d there): frozen %.3f s (dump %.3f, flush %.3f, "
-                "transfer and restore %.3f), %.1f MB of image; pause took %.3f s",
-                self.meta.home_pid,
-                target,
-                new_pid,
-                t_done - t_freeze,
-                t_dumped - t_freeze,
-                t_flushed - t_dumped,
-                t_done - t_flushed,
-                image_mb,
-                t_freeze - t_begin,
+                await self._move(ch, target, t_begin)
+            finally:
+                await ch.aclose()
+
+    async def _offer(
+        self, address: str, port: int, target: int, offer_load: float | None
+    ) -> Channel:
+        """A channel to the target, which has agreed to take this job."""
+        keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
+        try:
+            ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
+        except (OSError, TimeoutError) as e:
+            raise MigrationError(
+                f"cannot reach node {target} at {address}:{port}: {e or type(e).__name__}"
+            ) from None
+        try:
+            meta = self.meta.to_wire() | {"migrations": self.meta.migrations + 1}
+            wire_keys = {str(k): v for k, v in keys.items()}
+            await ch.send(
+                Frame.MIGRATE, {"meta": meta, "keys": wire_keys, "offer_load": offer_load}
             )
-            self.finish()
+            kind, p = await asyncio.wait_for(ch.recv(), 30)
+        except BaseException as e:
+            await ch.aclose()
+            if isinstance(e, (OSError, EOFError, TimeoutError)):
+                why = e or type(e).__name__
+                raise MigrationError(f"node {target} did not answer: {why}") from None
+            raise
+        if kind != Frame.READY:
+            await ch.aclose()
+            raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
+        return ch
+
+    async def _move(self, ch: Channel, target: int, t_begin: float) -> None:
+        """Freeze, stream the image, restore on the target; roll back here on any failure."""
+        images = Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
+        self._paused_ack.clear()
+        self._in_paused = True
+        await self.link.send(Frame.PAUSE, {})
+        try:
+            await asyncio.wait_for(self._paused_ack.wait(), 10)
+        except TimeoutError:
+            self._in_paused = False
+            self._in_ready.set()
+            raise MigrationError("home did not pause stdin in time") from None
+        frozen = False
+        leftover = b""
+        try:
+            self._unwatch_output()
+            t_freeze = time.monotonic()
+            criu_end, ours = page_socketpair()
+            relay = asyncio.ensure_future(relay_pages(ch, ours, limit=1 << 20))
+            try:
+                await self.engine.criu.dump(
+                    self.pid, images, leave_stopped=True, page_socket=criu_end
+                )
+                frozen = True
+                await asyncio.wait_for(relay, 60)
+            finally:
+                if not relay.done():
+                    relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+                ours.close()  # the relay closes it, unless cancelled before it ever ran
+            t_dumped = time.monotonic()
+            for job_fd, fd in self.out_fds.items():
+                data = _read_all(fd)
+                if data:
+                    self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+            self._flush_ack.clear()
+            self._outq.put_nowait((Frame.FLUSHED, {}))
+            await asyncio.wait_for(self._flush_ack.wait(), 10)
+            leftover = _read_available(self.stdin_r)
+            t_flushed = time.monotonic()
+            new_pid = await self._finish_transfer(ch, images, leftover + bytes(self.pending_in))
+        except BaseException as e:
+            # Rollback: the unread stdin goes back into the pipe, the job goes on here.
+            if leftover and self.stdin_w is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self.stdin_w, leftover)
+            elif leftover:
+                self.pending_in[:0] = leftover
+            if frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGCONT)
+            self._watch_output()
+            self._in_paused = False
+            self._in_ready.set()
+            with contextlib.suppress(EOFError):
+                await self.link.send(Frame.RESUME, {})
+            shutil.rmtree(images, ignore_errors=True)
+            if isinstance(e, (MigrationError, CriuError)):
+                raise
+            if isinstance(e, (OSError, EOFError, TimeoutError, KeyError, ValueError)):
+                raise MigrationError(
+                    f"migration to node {target} failed: {e or type(e).__name__}"
+                ) from None
+            raise
+        # The copy on the target runs: the frozen original and everything of it here go.
+        self.state = "moved"
+        for pid in tree_pids(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await self._reap_original()
+        shutil.rmtree(images, ignore_errors=True)
+        self._outq.put_nowait(None)
+        t_done = time.monotonic()
+        log.info(
+            "job %d moved to node %d (pid %d there): frozen %.3f s (dump and pages %.3f, "
+            "flush %.3f, rest of the image and restore %.3f); pause took %.3f s",
+            self.meta.home_pid,
+            target,
+            new_pid,
+            t_done - t_freeze,
+            t_dumped - t_freeze,
+            t_flushed - t_dumped,
+            t_done - t_flushed,
+            t_freeze - t_begin,
+        )
+        self.finish()
 
     async def _reap_original(self) -> None:
         for _ in range(500):
@@ -460,42 +503,21 @@ class HostedJob:
                 return
             await asyncio.sleep(0.01)
 
-    async def _transfer(
-        self,
-        images: Path,
-        address: str,
-        port: int,
-        keys: dict[int, str],
-        stdin: bytes,
-        offer_load: float | None,
-    ) -> int:
-        ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
-        try:
-            meta = self.meta.to_wire() | {"migrations": self.meta.migrations + 1}
-            await ch.send(
-                Frame.MIGRATE,
-                {
-                    "meta": meta,
-                    "keys": {str(k): v for k, v in keys.items()},
-                    "stdin": stdin,
-                    "stdin_eof": self.stdin_eof,
-                    "offer_load": offer_load,
-                },
-            )
-            for f in sorted(images.iterdir()):
-                if f.name.endswith(".log"):
-                    continue
-                with f.open("rb") as fh:
-                    chunk, first = fh.read(FILE_CHUNK), True
-                    while True:
-                        await ch.send(Frame.FILE, {"name": f.name, "data": chunk, "first": first})
-                        chunk, first = fh.read(FILE_CHUNK), False
-                        if not chunk:
-                            break
-            await ch.send(Frame.DONE, {})
-            kind, p = await asyncio.wait_for(ch.recv(), 120)
-            if kind != Frame.RESTORED:
-                raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
-            return int(p["pid"])
-        finally:
-            await ch.aclose()
+    async def _finish_transfer(self, ch: Channel, images: Path, stdin: bytes) -> int:
+        """Send what the dump left here (all but the pages) and the unread stdin; the pid the
+        job has on the target once it is restored there."""
+        for f in sorted(images.iterdir()):
+            if f.name.endswith(".log"):
+                continue
+            with f.open("rb") as fh:
+                chunk, first = fh.read(FILE_CHUNK), True
+                while True:
+                    await ch.send(Frame.FILE, {"name": f.name, "data": chunk, "first": first})
+                    chunk, first = fh.read(FILE_CHUNK), False
+                    if not chunk:
+                        break
+        await ch.send(Frame.DONE, {"stdin": stdin, "stdin_eof": self.stdin_eof})
+        kind, p = await asyncio.wait_for(ch.recv(), 120)
+        if kind != Frame.RESTORED:
+            raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
+        return int(p["pid"])

@@ -7,7 +7,10 @@ peer agent; the code on either end is the same. The frame kinds and what they ca
                 MOVED {ok, node, error} (answer to MOVE)
   home -> host: IN {data}, EOF, SIGNAL {sig}, KILL, PAUSE, RESUME, FLUSH_ACK, MOVE {target}
   on a new connection: ATTACH {home_pid, node} (a restored job's host introduces itself to home),
-                MIGRATE {...} FILE {name, data}... DONE -> RESTORED {pid} | FAILED {error}
+                MIGRATE {meta, keys, offer_load} -> READY | FAILED {error};
+                then PAGES {data}... PAGES_END both ways (migration/pages.py), the other
+                image files as FILE {name, data, first}..., DONE {stdin, stdin_eof}
+                -> RESTORED {pid} | FAILED {error}
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class Frame(IntEnum):
     FAILED = 25
     CONTROL = 26
     REPLY = 27
+    READY = 28
+    PAGES = 29
+    PAGES_END = 30
 
 
 class Link(Protocol):
