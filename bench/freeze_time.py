@@ -1,7 +1,11 @@
 """Freeze time of a migration (from freeze to running on the target) against resident memory,
 side by side with a bare local `criu dump` + `criu restore` of the same kind of process.
 
-The two run in turns, --repeat times per size after one unmeasured warm-up pair, and the table
+The baseline runs on a node of the test bed, so it has the CPUs a node has (one by default):
+the same budget the job has on each side of a move. The same dump + restore with the whole
+machine's CPUs is shown too (bare_machine_s), for reference.
+
+The runs take turns, --repeat times per size after one unmeasured warm-up round, and the table
 shows medians: on a virtual machine the first touch of memory the host has taken back costs
 several times more than a warm one, so single runs vary two- to three-fold.
 Usage: python -m bench.freeze_time [--sizes 1,64,256,1024] [--repeat 3]."""
@@ -16,8 +20,10 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench._common import plot, print_table, write_csv
@@ -73,6 +79,15 @@ def bare(mb: int) -> float:
         shutil.rmtree(images, ignore_errors=True)
 
 
+def bare_on_node(bed: TestBed, node: int, mb: int) -> float:
+    """bare() in a process of its own inside the node (its network namespace and cpuset)."""
+    argv = [sys.executable, "-m", "bench.freeze_time", "--bare-only", str(mb)]
+    r = bed.exec(node, argv, timeout_s=600, cwd=Path(__file__).resolve().parent.parent)
+    if r.returncode != 0:
+        raise RuntimeError(f"bare criu on node {node} failed: {r.stderr.strip()[-300:]}")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 def pymosix(bed: TestBed, mb: int) -> float:
     p = bed.popen(
         1,
@@ -98,26 +113,65 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="1,64,256,1024")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--cpus-per-node",
+        type=int,
+        default=1,
+        help="CPUs each test-bed node may use (the bare run may use them all)",
+    )
+    ap.add_argument("--bare-only", type=int, metavar="MB", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare_only:
+        print(bare(args.bare_only))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
-    bed = TestBed.up(nodes=2, name="bfreeze", extra_args=["--set", "balance=false"])
+    bed = TestBed.up(
+        nodes=2,
+        name="bfreeze",
+        cpus_per_node=args.cpus_per_node,
+        extra_args=["--set", "balance=false"],
+    )
     try:
         bed.wait_converged(30)
         for mb in sizes:
-            bare(mb), pymosix(bed, mb)  # warm-up: memory, caches, criu's first start
-            bs, ms = [], []
+            # Warm-up: memory, caches, criu's first start.
+            bare_on_node(bed, 1, mb), bare(mb), pymosix(bed, mb)
+            runs: dict[str, list[float]] = {"node": [], "machine": [], "pymosix": []}
+            measure: dict[str, Callable[[int], float]] = {
+                "node": lambda n: bare_on_node(bed, 1, n),
+                "machine": bare,
+                "pymosix": lambda n: pymosix(bed, n),
+            }
             for i in range(args.repeat):
-                bs.append(bare(mb))
-                ms.append(pymosix(bed, mb))
+                # Each takes each place in the order once per three rounds: what ran just
+                # before (and the memory it freed) changes the next run's time.
+                order = list(measure)[i % 3 :] + list(measure)[: i % 3]
+                for what in order:
+                    runs[what].append(measure[what](mb))
                 print(
-                    f"{mb:5d} MB run {i + 1}: bare criu {bs[-1] * 1000:7.0f} ms, "
-                    f"pymosix migration {ms[-1] * 1000:7.0f} ms",
+                    f"{mb:5d} MB run {i + 1}: bare criu on a node {runs['node'][-1] * 1000:6.0f} ms "
+                    f"(whole machine {runs['machine'][-1] * 1000:6.0f} ms), "
+                    f"pymosix migration {runs['pymosix'][-1] * 1000:6.0f} ms",
                     flush=True,
                 )
-            b, m = statistics.median(bs), statistics.median(ms)
-            rows.append({"rss_mb": mb, "bare_criu_s": b, "pymosix_s": m, "ratio": m / b})
-            print(f"{mb:5d} MB median: ratio {m / b:.2f}", flush=True)
+            bs, whole, ms = runs["node"], runs["machine"], runs["pymosix"]
+            b, w, m = statistics.median(bs), statistics.median(whole), statistics.median(ms)
+            rows.append(
+                {
+                    "rss_mb": mb,
+                    "bare_criu_s": b,
+                    "pymosix_s": m,
+                    "ratio": m / b,
+                    "bare_machine_s": w,
+                    "ratio_machine": m / w,
+                }
+            )
+            print(
+                f"{mb:5d} MB median: ratio {m / b:.2f} to bare criu on a node, "
+                f"{m / w:.2f} to bare criu on the whole machine",
+                flush=True,
+            )
     finally:
         bed.down()
     print_table(rows)
@@ -128,9 +182,13 @@ def main() -> None:
         "resident memory (MB)",
         "seconds",
         {
-            "bare criu dump + restore (local)": (
+            "bare criu dump + restore (on a node)": (
                 [r["rss_mb"] for r in rows],
                 [r["bare_criu_s"] for r in rows],
+            ),
+            "bare criu dump + restore (whole machine)": (
+                [r["rss_mb"] for r in rows],
+                [r["bare_machine_s"] for r in rows],
             ),
             "pymosix migration (to another node)": (
                 [r["rss_mb"] for r in rows],
