@@ -238,6 +238,62 @@ def test_kill_9_of_mosrun_leaves_no_process_anywhere(make_bed: MakeBed, jobs: li
     )
 
 
+BIG = """
+import time
+x = bytearray(b"\\x01") * (400 << 20)
+i = 0
+while True:
+    i += 1
+    print(i, flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    job = Job(bed, 1, ["python3", "-c", BIG])
+    jobs.append(job)
+    job.counts(2)
+    images = Path("/dev/shm")
+    move = bed.popen(
+        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        # The target's page server is writing the job's memory: the job is frozen at home.
+        wait_until(
+            "pages arriving on node2",
+            lambda: any(images.glob("pymosix-640c-*/in-*/pages-*.img")),
+            30.0,
+            poll_s=0.005,
+        )
+        bed.kill_agent(2)
+        _, err = move.communicate(timeout=60)
+    finally:
+        if move.poll() is None:
+            move.kill()
+        move.wait()
+    assert move.returncode != 0
+    assert b"node" in err
+    assert job.node() == 0x640B
+    before = job.drain_ints()
+    after = job.counts(3)
+    assert after == list(range(after[0], after[0] + 3))
+    assert not before or after[0] == before[-1] + 1, "the job went on from where it was"
+    # The node comes back, clears what the killed agent left, and the job can move there.
+    bed.start_agent(2)
+    bed.wait_converged(30)
+    assert not [
+        d for d in images.glob("pymosix-640c-*") if not d.name.endswith(f"-{bed.node(2).agent_pid}")
+    ]
+    r = job.migrate("0x640c")
+    assert r.returncode == 0, r.stderr
+    assert job.node() == 0x640C
+    job.drain_ints()
+    job.counts(2)
+
+
 TCP = """
 import socket, sys, time
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from pymosix.control_server import ControlConnection
 from pymosix.errors import AuthError, CriuError, DecodeError, MigrationError, PymosixError
 from pymosix.ids import format_node_id
@@ -104,10 +106,18 @@ class MigrationEngine:
 
     async def start(self) -> None:
         become_subreaper()
+        self._remove_stale_images()
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
             self.agent.address, self.agent.config.migration_port, frame_length, self._accept
         )
+
+    def _remove_stale_images(self) -> None:
+        """An agent of this node that was killed mid-move left its images: they go now."""
+        for d in self.image_root.parent.glob(f"pymosix-{self.agent.node_id:04x}-*"):
+            pid = d.name.rsplit("-", 1)[-1]
+            if d != self.image_root and pid.isdigit() and not psutil.pid_exists(int(pid)):
+                shutil.rmtree(d, ignore_errors=True)
 
     async def stop(self) -> None:
         if self._server is not None:

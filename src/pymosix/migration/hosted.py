@@ -431,6 +431,16 @@ class HostedJob:
                 )
                 frozen = True
                 await asyncio.wait_for(relay, 60)
+            except CriuError as e:
+                # A dump that failed because the pages had nowhere to go: say why that was.
+                lost = relay.done() and not relay.cancelled() and relay.exception()
+                if lost:
+                    raise MigrationError(
+                        f"node {target} stopped taking the job's memory "
+                        f"({lost or type(lost).__name__}); it goes on here"
+                    ) from None
+                kept = self._keep_log(images / "dump.log")
+                raise CriuError(f"{str(e).split(' (log: ')[0]} (log: {kept})") from None
             finally:
                 if not relay.done():
                     relay.cancel()
@@ -492,6 +502,13 @@ class HostedJob:
             t_freeze - t_begin,
         )
         self.finish()
+
+    def _keep_log(self, dump_log: Path) -> Path:
+        """A failed dump's criu log, kept where the rollback (which removes images) leaves it."""
+        kept = Path(self.engine.image_root) / f"failed-dump-{self.meta.home_pid}.log"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(dump_log, kept)
+        return kept
 
     async def _reap_original(self) -> None:
         for _ in range(500):
