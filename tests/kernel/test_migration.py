@@ -238,15 +238,13 @@ def test_kill_9_of_mosrun_leaves_no_process_anywhere(make_bed: MakeBed, jobs: li
     )
 
 
-BIG = """
-import time
-x = bytearray(b"\\x01") * (400 << 20)
-i = 0
-while True:
-    i += 1
-    print(i, flush=True)
-    time.sleep(0.05)
-"""
+def counting(setup: str) -> str:
+    """A Python job that does `setup`, then prints 1, 2, 3, ... every 50 ms."""
+    loop = "i = 0\nwhile True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.05)\n"
+    return f"import time\n{setup}\n{loop}"
+
+
+BIG = counting('x = bytearray(b"\\x01") * (400 << 20)')
 
 
 def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
@@ -294,16 +292,11 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
     job.counts(2)
 
 
-TCP = """
-import socket, sys, time
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
-cli = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()
-i = 0
-while True:
-    i += 1
-    print(i, flush=True)
-    time.sleep(0.05)
-"""
+TCP = counting(
+    "import socket\n"
+    'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()\n'
+    "cli = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()"
+)
 
 
 def test_job_holding_a_tcp_connection_is_refused_and_keeps_running(
