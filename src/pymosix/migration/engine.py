@@ -11,7 +11,7 @@ import pwd
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,20 @@ log = logging.getLogger(__name__)
 
 #: Largest image accepted from a peer (a guard, not a quota).
 MAX_IMAGE_BYTES = 64 * 1024**3
+#: Where agents keep the images of moves in progress (tmpfs: a dump is a memory copy).
+IMAGES_PARENT = Path("/dev/shm")
+
+
+def image_root(node_id: int, pid: int) -> Path:
+    """The images directory of the agent `pid` of node `node_id`."""
+    return IMAGES_PARENT / f"pymosix-{node_id:04x}-{pid}"
+
+
+def remove_images_of(pids: Iterable[int]) -> None:
+    """Remove the images directories of agents that are gone (killed, so they left them)."""
+    for pid in pids:
+        for d in IMAGES_PARENT.glob(f"pymosix-*-{pid}"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _groups_of(pid: int) -> list[int]:
@@ -82,7 +96,7 @@ class MigrationEngine:
         self.agent = agent
         self.load = load
         self.criu = CriuDriver(agent.config.criu)
-        self.image_root = Path("/dev/shm") / f"pymosix-{agent.node_id:04x}-{os.getpid()}"
+        self.image_root = image_root(agent.node_id, os.getpid())
         self.home_jobs: dict[int, HomeJob] = {}
         self.hosted: dict[tuple[int, int], HostedJob] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -114,7 +128,7 @@ class MigrationEngine:
 
     def _remove_stale_images(self) -> None:
         """An agent of this node that was killed mid-move left its images: they go now."""
-        for d in self.image_root.parent.glob(f"pymosix-{self.agent.node_id:04x}-*"):
+        for d in IMAGES_PARENT.glob(f"pymosix-{self.agent.node_id:04x}-*"):
             pid = d.name.rsplit("-", 1)[-1]
             if d != self.image_root and pid.isdigit() and not psutil.pid_exists(int(pid)):
                 shutil.rmtree(d, ignore_errors=True)

@@ -26,6 +26,7 @@ from typing import Any
 from pymosix.control_client import call
 from pymosix.errors import PymosixError
 from pymosix.keys import write_key
+from pymosix.migration.engine import remove_images_of
 from pymosix.testbed import kernel
 from pymosix.testbed.kernel import CPUSET, ip
 
@@ -374,6 +375,7 @@ class TestBed:
             kernel.kill_pids([node.agent_pid])
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(node.agent_pid, os.WNOHANG)
+            remove_images_of([node.agent_pid])
         node.agent_pid = 0
         self.save()
         _reap()
@@ -416,8 +418,12 @@ def down(name: str) -> None:
         [p for p in CPUSET.glob(f"{PREFIX}-{name}-node*") if p.is_dir()] if CPUSET.exists() else []
     )
     # Processes first (agents, jobs, anything exec'd into a node), then the objects they held.
+    killed = []
     for ns in namespaces:
-        kernel.kill_pids(kernel.netns_pids(ns))
+        pids = kernel.netns_pids(ns)
+        kernel.kill_pids(pids)
+        killed += pids
+    remove_images_of(killed)
     for cg in cpusets:
         kernel.remove_cpuset(cg)
     for ns in namespaces:
