@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pymosix.migration.engine import orphaned_image_roots
+
 #: Every kernel object tests make starts with this, so leaks are found by name.
 PREFIX = "pmx"
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/cpuset"), Path("/sys/fs/cgroup"))
@@ -81,16 +83,6 @@ def _foreign_users(paths: list[Path]) -> set[Path]:
     return out
 
 
-def _image_dirs() -> set[Path]:
-    """Agents' images directories (/dev/shm/pymosix-NODE-PID) whose agent is gone."""
-    return {
-        d
-        for d in Path("/dev/shm").glob("pymosix-*-*")
-        if d.name.rsplit("-", 1)[-1].isdigit()
-        and not psutil.pid_exists(int(d.name.rsplit("-", 1)[-1]))
-    }
-
-
 def _new_objects(before: tuple[set[str], set[str], set[str]]) -> list[str]:
     """pmx netns, links and cgroups made since `before` that stay: this test's leaks.
 
@@ -129,7 +121,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves processes, namespaces, links or cgroups behind."""
     kernel = "kernel" in request.keywords
     before = (_netns(), _links(), _cgroups()) if kernel else None
-    images_before = _image_dirs() if kernel else set()
+    images_before = set(orphaned_image_roots()) if kernel else set()
     children = _children()
     yield
     left = []
@@ -151,6 +143,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
                 pass
     if before is not None:
         left += _new_objects(before)
-        left += [f"images directory {d}" for d in sorted(_image_dirs() - images_before)]
+        left += [
+            f"images directory {d}" for d in sorted(set(orphaned_image_roots()) - images_before)
+        ]
     if left:
         pytest.fail("test left behind: " + ", ".join(left), pytrace=False)

@@ -46,6 +46,17 @@ def image_root(node_id: int, pid: int) -> Path:
     return IMAGES_PARENT / f"pymosix-{node_id:04x}-{pid}"
 
 
+def orphaned_image_roots(node_id: int | None = None) -> list[Path]:
+    """Images directories (of node_id's agents, or any) whose agent is gone."""
+    pattern = f"pymosix-{node_id:04x}-*" if node_id is not None else "pymosix-*-*"
+    out = []
+    for d in IMAGES_PARENT.glob(pattern):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            out.append(d)
+    return out
+
+
 def remove_images_of(pids: Iterable[int]) -> None:
     """Remove the images directories of agents that are gone (killed, so they left them)."""
     for pid in pids:
@@ -128,10 +139,8 @@ class MigrationEngine:
 
     def _remove_stale_images(self) -> None:
         """An agent of this node that was killed mid-move left its images: they go now."""
-        for d in IMAGES_PARENT.glob(f"pymosix-{self.agent.node_id:04x}-*"):
-            pid = d.name.rsplit("-", 1)[-1]
-            if d != self.image_root and pid.isdigit() and not psutil.pid_exists(int(pid)):
-                shutil.rmtree(d, ignore_errors=True)
+        for d in orphaned_image_roots(self.agent.node_id):
+            shutil.rmtree(d, ignore_errors=True)
 
     async def stop(self) -> None:
         if self._server is not None:

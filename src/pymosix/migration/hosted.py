@@ -425,13 +425,16 @@ class HostedJob:
             t_freeze = time.monotonic()
             criu_end, ours = page_socketpair()
             relay = asyncio.ensure_future(relay_pages(ch, ours, limit=1 << 20))
+            # The log lives beside the images, not in them: a rollback removes them.
+            dump_log = Path(self.engine.image_root) / f"dump-{self.meta.home_pid}.log"
             try:
                 await self.engine.criu.dump(
-                    self.pid, images, leave_stopped=True, page_socket=criu_end
+                    self.pid, images, leave_stopped=True, page_socket=criu_end, log=dump_log
                 )
+                dump_log.unlink(missing_ok=True)
                 frozen = True
                 await asyncio.wait_for(relay, 60)
-            except CriuError as e:
+            except CriuError:
                 # A dump that failed because the pages had nowhere to go: say why that was.
                 lost = relay.done() and not relay.cancelled() and relay.exception()
                 if lost:
@@ -439,8 +442,7 @@ class HostedJob:
                         f"node {target} stopped taking the job's memory "
                         f"({lost or type(lost).__name__}); it goes on here"
                     ) from None
-                kept = self._keep_log(images / "dump.log")
-                raise CriuError(f"{str(e).split(' (log: ')[0]} (log: {kept})") from None
+                raise
             finally:
                 if not relay.done():
                     relay.cancel()
@@ -502,13 +504,6 @@ class HostedJob:
             t_freeze - t_begin,
         )
         self.finish()
-
-    def _keep_log(self, dump_log: Path) -> Path:
-        """A failed dump's criu log, kept where the rollback (which removes images) leaves it."""
-        kept = Path(self.engine.image_root) / f"failed-dump-{self.meta.home_pid}.log"
-        with contextlib.suppress(OSError):
-            shutil.copyfile(dump_log, kept)
-        return kept
 
     async def _reap_original(self) -> None:
         for _ in range(500):
