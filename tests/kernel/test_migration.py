@@ -254,7 +254,6 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
     job = Job(bed, 1, ["python3", "-c", BIG])
     jobs.append(job)
     job.counts(2)
-    images = Path("/dev/shm")
     move = bed.popen(
         1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -262,7 +261,7 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
         # The target's page server is writing the job's memory: the job is frozen at home.
         wait_until(
             "pages arriving on node2",
-            lambda: any(images.glob("pymosix-640c-*/in-*/pages-*.img")),
+            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
             30.0,
             poll_s=0.005,
         )
@@ -283,7 +282,9 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
     bed.start_agent(2)
     bed.wait_converged(30)
     assert not [
-        d for d in images.glob("pymosix-640c-*") if not d.name.endswith(f"-{bed.node(2).agent_pid}")
+        d
+        for d in bed.glob(2, "/dev/shm/pymosix-640c-*")
+        if not d.endswith(f"-{bed.node(2).agent_pid}")
     ]
     r = job.migrate("0x640c")
     assert r.returncode == 0, r.stderr
