@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -247,16 +248,18 @@ class TestBed:
 
         nsenter rather than `ip netns exec`, which remounts /sys and so hides the cgroup tree that
         the agent's load sampler reads. Entering a mount namespace moves to its root, so the
-        working directory is set again: the caller's, unless the node cannot see it.
+        working directory is set again: `cwd`, else the caller's, unless the node cannot see it.
         """
         tasks = CPUSET / node.cpuset / "tasks"
-        script = f'echo $$ > {tasks} && exec "$@"'
         wd = cwd or os.getcwd()
         if any(wd == d or wd.startswith(d + "/") for d in mounts.PRIVATE_DIRS):
             wd = "/"
+        # cd from inside: nsenter's --wd opens the directory before it enters the namespace,
+        # which leaves the cwd outside the node's root (getcwd() fails for the command).
+        script = f'cd {shlex.quote(wd)} 2>/dev/null || cd /; echo $$ > {tasks} && exec "$@"'
         enter = ["nsenter", f"--net=/run/netns/{node.netns}"]
         if node.mntns:
-            enter += [f"--mount={node.mntns}", f"--wd={wd}"]
+            enter.append(f"--mount={node.mntns}")
         argv = [*enter, "--", "sh", "-c", script, "sh"]
         if user is not None:
             pw = _user(user)
