@@ -1,0 +1,81 @@
+"""provision-criu.sh for real, into a temporary prefix: CRIU >= 4.2 from the Debian archive of
+this host's apt sources, an old prefix upgraded by a re-run, and the fallback when the preferred
+suite's criu fails `criu check` (Debian 12's 3.17 does on kernels >= 6.13)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "src" / "pymosix" / "data" / "provision-criu.sh"
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt"),
+    pytest.mark.skipif(shutil.which("criu") is not None, reason="a system criu would be used"),
+]
+
+
+def provision(prefix: Path, suites: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYMOSIX_CRIU"}
+    env["PYMOSIX_CRIU_PREFIX"] = str(prefix)
+    if suites:
+        env["PYMOSIX_CRIU_SUITES"] = suites
+    r = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=500)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == str(prefix / "bin" / "criu")
+    return r
+
+
+def version(criu: Path) -> tuple[int, ...]:
+    out = subprocess.run([str(criu), "--version"], capture_output=True, text=True, timeout=30)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("Version:"))
+    return tuple(int(x) for x in line.split()[1].split("."))
+
+
+def check(criu: Path) -> str:
+    r = subprocess.run([str(criu), "check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def test_an_old_prefix_is_upgraded_to_criu_42(tmp_path: Path) -> None:
+    prefix = tmp_path / "criu"
+    criu = prefix / "bin" / "criu"
+    provision(prefix, suites="trixie")
+    assert version(criu)[:2] == (4, 1)
+    check(criu)
+    upgraded = provision(prefix)
+    assert "forky" in upgraded.stderr
+    assert version(criu) >= (4, 2)
+    assert "Looks good" in check(criu)
+    again = provision(prefix)
+    assert "fetching" not in again.stderr, "a re-run with nothing missing fetches nothing"
+    assert not Path(f"{prefix}.new").exists()
+
+
+def _kernel() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@pytest.mark.skipif(_kernel() < (6, 13), reason="Debian 12's criu 3.17 passes on this kernel")
+def test_a_suite_whose_criu_fails_check_falls_back(tmp_path: Path) -> None:
+    prefix = tmp_path / "criu"
+    criu = prefix / "bin" / "criu"
+    first = provision(prefix, suites="bookworm trixie")
+    assert "Debian bookworm's criu 3.17" in first.stderr
+    assert "fails 'criu check'" in first.stderr
+    assert version(criu)[:2] == (4, 1)
+    check(criu)
+    again = provision(prefix, suites="bookworm trixie")
+    assert "fetching" not in again.stderr, "the failed suite is not fetched again on this kernel"
+    assert "keeping" in again.stderr
