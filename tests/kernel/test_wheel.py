@@ -19,6 +19,8 @@ from pymosix.testbed import bed_names
 
 REPO = Path(__file__).parents[2]
 
+NOT_SOURCES = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
+
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -44,8 +46,11 @@ def test_the_wheel_sets_itself_up_in_a_venv_outside_the_tree(tmp_path: Path) -> 
     assert not tmp_path.is_relative_to(REPO)
     dist, venv, prefix, tools = (tmp_path / d for d in ("dist", "venv", "criu", "tools"))
     try:
+        # Built from a copy: setuptools leaves build/ in the tree it builds, and reuses it.
+        tree = tmp_path / "tree"
+        shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(*NOT_SOURCES))
         built = run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(dist)],
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(tree), "-w", str(dist)],
             tmp_path,
             300,
         )
@@ -117,5 +122,5 @@ def test_the_wheel_sets_itself_up_in_a_venv_outside_the_tree(tmp_path: Path) -> 
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-2000:]
         assert "every step reached the state the seed describes" in demo.stdout
     finally:
-        for d in (venv, prefix, tools, dist):
+        for d in (venv, prefix, tools, dist, tmp_path / "tree"):
             shutil.rmtree(d, ignore_errors=True)

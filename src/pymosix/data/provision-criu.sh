@@ -135,7 +135,7 @@ if ! dpkg -s criu >/dev/null 2>&1 && at_least "$candidate" "$WANT"; then
     fi
     use "$(command -v criu)"
   fi
-  say "the distribution's criu does not pass 'criu check' on kernel $(uname -r)"
+  say "the distribution's criu could not be installed or fails 'criu check' on kernel $(uname -r)"
   # Leave no failing criu on the PATH to confuse people.
   apt-get remove -y -qq criu >/dev/null 2>&1 || true
 fi
@@ -156,7 +156,8 @@ if [ -z "$MIRROR" ]; then
 fi
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 if [ ! -r "$KEYRING" ]; then
-  apt-get install -y -qq debian-archive-keyring >/dev/null
+  apt-get install -y -qq debian-archive-keyring >/dev/null ||
+    { say "cannot install debian-archive-keyring (Debian's signing keys): install it and run again"; exit 1; }
 fi
 work=$(mktemp -d /tmp/pymosix-criu.XXXXXX)
 trap 'rm -rf "$work" "$PREFIX.new"' EXIT
