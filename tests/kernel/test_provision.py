@@ -1,15 +1,21 @@
 """provision-criu.sh for real, into a temporary prefix: CRIU >= 4.2 from the Debian archive of
 this host's apt sources, an old prefix upgraded by a re-run, and the fallback when the preferred
-suite's criu fails `criu check` (Debian 12's 3.17 does on kernels >= 6.13)."""
+suite's criu fails `criu check` (Debian 12's 3.17 does on kernels >= 6.13), and the host's apt
+proxy setting honoured."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import platform
 import re
 import shutil
 import subprocess
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -79,3 +85,63 @@ def test_a_suite_whose_criu_fails_check_falls_back(tmp_path: Path) -> None:
     again = provision(prefix, suites="bookworm trixie")
     assert "fetching" not in again.stderr, "the failed suite is not fetched again on this kernel"
     assert "keeping" in again.stderr
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A forwarding HTTP proxy on loopback that remembers what it was asked for."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        keep = {"Range", "If-Modified-Since", "If-Range", "Accept", "User-Agent"}
+        headers = {k: v for k, v in self.headers.items() if k in keep}
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(self.path, headers=headers), timeout=60
+            ) as up:
+                status, body, got = up.status, up.read(), up.headers
+        except urllib.error.HTTPError as e:
+            status, body, got = e.code, e.read(), e.headers
+        try:
+            self.send_response(status)
+            for k in ("Content-Type", "Last-Modified", "Content-Range", "Date"):
+                if got.get(k):
+                    self.send_header(k, got[k])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # apt hung up: it has what it needs
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_hosts_apt_proxy_is_used(tmp_path: Path) -> None:
+    mirror = subprocess.run(
+        ["bash", str(SCRIPT), "--print-mirror"], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    if not mirror.startswith("http://"):
+        pytest.skip("this test's proxy speaks plain HTTP only")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conf = tmp_path / "apt.conf"  # as an admin would put it in /etc/apt/apt.conf.d
+    conf.write_text(f'Acquire::http::Proxy "http://127.0.0.1:{server.server_port}/";\n')
+    try:
+        _Proxy.seen.clear()
+        env = {k: v for k, v in os.environ.items() if k != "PYMOSIX_CRIU"}
+        env |= {"PYMOSIX_CRIU_PREFIX": str(tmp_path / "criu"), "APT_CONFIG": str(conf)}
+        r = subprocess.run(
+            ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=500
+        )
+        assert r.returncode == 0, r.stderr
+        assert version(tmp_path / "criu" / "bin" / "criu") >= (4, 2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert any(p.startswith(mirror) and "/dists/forky/" in p for p in _Proxy.seen), _Proxy.seen
+    assert any(p.startswith(mirror) and "/criu_4." in p for p in _Proxy.seen), _Proxy.seen
