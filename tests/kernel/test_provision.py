@@ -145,3 +145,41 @@ def test_the_hosts_apt_proxy_is_used(tmp_path: Path) -> None:
         thread.join(timeout=10)
     assert any(p.startswith(mirror) and "/dists/forky/" in p for p in _Proxy.seen), _Proxy.seen
     assert any(p.startswith(mirror) and "/criu_4." in p for p in _Proxy.seen), _Proxy.seen
+
+
+def test_the_arm64_loader_is_where_debian_forkys_libc6_has_it(tmp_path: Path) -> None:
+    """The loader the script runs on arm64, checked against the real package (fetched, not run)."""
+    q = ["bash", str(SCRIPT)]
+    mirror = subprocess.run([*q, "--print-mirror"], capture_output=True, text=True, timeout=60)
+    loader = subprocess.run([*q, "--print-loader", "arm64"], capture_output=True, text=True)
+    assert mirror.returncode == 0, mirror.stderr
+    for d in ("etc/sources.list.d", "state/lists/partial", "cache/archives/partial", "debs"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "state" / "status").touch()
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    (tmp_path / "etc" / "sources.list").write_text(
+        f"deb [signed-by={keyring}] {mirror.stdout.strip()} forky main\n"
+    )
+    apt = [
+        f"-oDir::Etc::SourceList={tmp_path}/etc/sources.list",
+        f"-oDir::Etc::SourceParts={tmp_path}/etc/sources.list.d",
+        f"-oDir::State={tmp_path}/state",
+        f"-oDir::State::status={tmp_path}/state/status",
+        f"-oDir::Cache={tmp_path}/cache",
+        "-oAPT::Architecture=arm64",
+        "-oAPT::Architectures=arm64",
+        "-oAPT::Sandbox::User=root",
+        "-qq",
+    ]
+    for step in (["update"], ["download", "libc6"]):
+        r = subprocess.run(
+            ["apt-get", *apt, *step],
+            cwd=tmp_path / "debs",
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+    [deb] = (tmp_path / "debs").glob("libc6_*_arm64.deb")
+    files = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
+    assert f"./{loader.stdout.strip()}\n" in files
