@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pymosix.config import find_criu
 from pymosix.errors import CriuError
+from pymosix.install import setup_fix
 
 #: Lines of a criu log that say what went wrong, best first.
 _ERROR_LINE = re.compile(r"\bError\b|\(\d+\.\d+\) Error|Can't|can't|Unable|failed", re.IGNORECASE)
@@ -147,7 +148,7 @@ class CriuDriver:
     def __init__(self, criu: str = "", timeout_s: float = 120.0) -> None:
         found = find_criu(criu)
         if found is None:
-            raise CriuError("no criu found: run 'make setup' or set PYMOSIX_CRIU")
+            raise CriuError(f"no criu found: {setup_fix()}, or set PYMOSIX_CRIU")
         self.criu = found
         self.timeout_s = timeout_s
         self._version: tuple[int, ...] | None = None
