@@ -190,8 +190,10 @@ unpack() {
     return 1
   fi
   # The wrapper finds its root beside itself, so the prefix can be checked before it is moved.
+  # sh -p: the agent may run criu with a user's real uid and root's effective one (see
+  # migration/criu.py owner_prefix); without -p, dash would drop the effective uid.
   cat >"$PREFIX.new/bin/criu" <<WRAP
-#!/bin/sh
+#!/bin/sh -p
 # Debian $suite's criu $version ($ARCH) with its own C library, run through that library's loader.
 P=\$(dirname "\$(dirname "\$(readlink -f "\$0")")")/root
 exec "\$P/$loader" --library-path "\$P/$LIBDIR:\$P/${LIBDIR#usr/}" "\$P/usr/sbin/criu" "\$@"
