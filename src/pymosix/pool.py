@@ -109,6 +109,7 @@ class PoolViews:
         self._addresses = {n.node_id: n.address for n in agent.cluster.nodes()}
         engine.answer_query = self.answer
         agent.control.register("pool_jobs", self._op_pool_jobs)
+        agent.control.register("gone", self._op_gone)
         agent.map_listeners.append(self._map_changed)
 
     def _map_changed(self, change: MapChanged) -> None:
@@ -122,11 +123,11 @@ class PoolViews:
             if n not in self._addresses and now - when <= GONE_KEEP_S
         }
 
-    def gone_answers(self) -> list[NodeAnswer]:
-        """The nodes that left the map lately, as not answering (they were not asked)."""
+    def recently_gone(self) -> list[tuple[int, str, float]]:
+        """(node id, last address, seconds since it left) of the nodes that left the map lately."""
         now = self.agent.now()
         return [
-            NodeAnswer(n, address, False, 0.0, f"left the map {now - when:.0f} s ago")
+            (n, address, now - when)
             for n, (address, when) in sorted(self.gone.items())
             if now - when <= GONE_KEEP_S
         ]
@@ -186,13 +187,24 @@ class PoolViews:
         replies = {a.node_id: r for r, a in results if r is not None}
         return replies, [a for _, a in results]
 
+    async def _op_gone(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        """The nodes that left the map lately (mosmon's dead nodes)."""
+        nodes = [
+            {"node_id": n, "address": address, "left_s": round(ago, 1)}
+            for n, address, ago in self.recently_gone()
+        ]
+        return {"node_id": self.agent.node_id, "nodes": nodes}
+
     async def _op_pool_jobs(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         timeout_s = float(req.get("deadline_s") or DEFAULT_TIMEOUT_S)
         if not 0 < timeout_s <= MAX_TIMEOUT_S:
             raise PymosixError(f"the deadline must be over 0 and at most {MAX_TIMEOUT_S:.0f} s")
         me = self.agent.node_id
         replies, nodes = await self.ask_all({"what": "jobs"}, timeout_s)
-        nodes += self.gone_answers()
+        nodes += [
+            NodeAnswer(n, address, False, 0.0, f"left the map {ago:.0f} s ago (not asked)")
+            for n, address, ago in self.recently_gone()
+        ]
         answers: dict[int, list[Row]] = {me: self.engine.job_rows()}
         for node_id, reply in replies.items():
             answers[node_id] = [dict(r) for r in reply.get("jobs") or []]
