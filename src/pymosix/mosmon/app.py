@@ -94,8 +94,9 @@ class Refreshing(App[None]):
         return self.lines(width, height)
 
     def screen_text(self) -> str:
-        """What the screen shows, as plain text (the tests read it)."""
-        return to_text(self.styled()).plain
+        """What the screen widget holds, as plain text (the tests read it)."""
+        content = self.query_one("#screen", Static).content
+        return content.plain if isinstance(content, Text) else str(content)
 
     def redraw(self) -> None:
         self.query_one("#screen", Static).update(to_text(self.styled()))

@@ -142,8 +142,9 @@ def node_state(row: dict[str, Any], stale_after_s: float) -> str:
     return "stale" if age is not None and age > stale_after_s * 1000 else "up"
 
 
-def _load_style(fill: float) -> str:
-    return "green" if fill < 0.5 else "yellow" if fill < 0.85 else "red"
+def load_style(load: float) -> str:
+    """Colour of a load (or utilisation): idle green, busy yellow, a full CPU or more red."""
+    return "green" if load < 0.5 else "yellow" if load < 1.0 else "red"
 
 
 def scale_for(view: str, rows: Sequence[dict[str, Any]]) -> float:
@@ -171,7 +172,7 @@ def make_bar(row: dict[str, Any], view: str, top: float, stale_after_s: float) -
         load = float(row["load"])
         value = math.log2(1 + load) if view == "L" else load
         fill = min(1.0, value / top)
-        return Bar(node_id, ((fill, _load_style(fill)),), (mark + compact(load),), state, me)
+        return Bar(node_id, ((fill, load_style(load)),), (mark + compact(load),), state, me)
     if view == "s":
         fill = min(1.0, int(row["speed"]) / top)
         labels = (mark + compact(int(row["speed"])), str(row["ncpus"]))
@@ -179,7 +180,7 @@ def make_bar(row: dict[str, Any], view: str, top: float, stale_after_s: float) -
     if view == "u":
         util = float(row["util"])
         fill = min(1.0, util)
-        return Bar(node_id, ((fill, _load_style(fill)),), (f"{mark}{util:.0%}",), state, me)
+        return Bar(node_id, ((fill, load_style(util * 0.99)),), (f"{mark}{util:.0%}",), state, me)
     total, free = int(row["mem_total"]), int(row["mem_free"])
     used = max(0, total - free)
     if view == "m":

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymosix.cli.mps import HEADER, job_line
-from pymosix.mosmon.render import Line, compact, nbytes
+from pymosix.mosmon.render import Line, compact, load_style, nbytes
 
 SORTS = {"P": "sort by %CPU", "M": "sort by memory (RSS)", "N": "sort by home node and PID"}
 TOP_KEYS = [*SORTS.items(), ("h ?", "this help (again to leave)"), ("q", "quit")]
@@ -27,18 +27,17 @@ NODE_HEADER = (
 
 
 def _node_line(r: dict[str, Any], jobs: int) -> Line:
-    mark = "*" if r.get("self") else " "
+    mark = "*" if r.get("self") else ""
     if not r.get("up"):
-        return [(f"{mark}{r['node_id']:>6} {'down':>5}", "bold red")]
+        return [(f"{mark + str(r['node_id']):>7} {'down':>5}", "bold red")]
     used = max(0, int(r["mem_total"]) - int(r["mem_free"]))
     load = float(r["load"])
-    style = "green" if load < 0.5 else "yellow" if load < 1.0 else "red"
     return [
-        (f"{mark}{r['node_id']:>6} ", "bold" if mark == "*" else ""),
-        (f"{compact(load):>5}", style),
+        (f"{mark + str(r['node_id']):>7} ", "bold" if mark == "*" else ""),
+        (f"{compact(load):>5}", load_style(load)),
         (
-            f" {float(r['util']):>5.0%} {r['ncpus']:>4} {nbytes(used):>9} "
-            f"{nbytes(int(r['mem_free'])):>5} {jobs:>4}",
+            f" {jobs:>4} {float(r['util']):>4.0%} {r['ncpus']:>4} {nbytes(used):>5} "
+            f"{nbytes(int(r['mem_free'])):>5}",
             "",
         ),
     ]
