@@ -7,13 +7,17 @@ import json
 import os
 import secrets
 import signal
+import site
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pymosix
 from pymosix.testbed import TestBed
 from pymosix.testbed.bed import ROOT
 from tests.kernel.conftest import wait_until
@@ -33,6 +37,33 @@ def user() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["userdel", name], check=False)
+
+
+def user_python() -> str:
+    """An interpreter an unprivileged user may run (a venv's may live under root's home)."""
+    v = sys.version_info
+    for cand in (Path(sys.executable).resolve(), Path(f"/usr/bin/python{v.major}.{v.minor}")):
+        if cand.exists() and all(p.stat().st_mode & 0o001 for p in [cand, *cand.parents]):
+            return str(cand)
+    pytest.skip(f"no Python {v.major}.{v.minor} that an unprivileged user may run")
+
+
+def as_user(user: str, tool: str, *args: str) -> list[str]:
+    """argv that runs a pymosix tool as `user`, with this checkout's code and packages."""
+    path = ":".join([str(Path(pymosix.__file__).parents[1]), *site.getsitepackages()])
+    code = f"import sys; from pymosix.cli.{tool} import main; sys.exit(main())"
+    return [
+        "env",
+        f"PYTHONPATH={path}",
+        "runuser",
+        "-u",
+        user,
+        "--",
+        user_python(),
+        "-c",
+        code,
+        *args,
+    ]
 
 
 @pytest.fixture
@@ -62,9 +93,7 @@ def start(
         return {r["home_pid"] for r in home_rows(bed, node) if r["home_node"] == home}
 
     before = ours()
-    argv = ["mosrun", "-L", *LOOP]
-    if user is not None:
-        argv = ["runuser", "-u", user, "--", *argv]
+    argv = ["mosrun", "-L", *LOOP] if user is None else as_user(user, "mosrun", "-L", *LOOP)
     p = bed.popen(node, argv, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     procs.append(p)
     wait_until("the job to start", lambda: bool(ours() - before), 15.0)
@@ -128,9 +157,9 @@ def test_pool_views_name_every_job_and_every_silent_node(
     uid = str(int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout))
     assert set(by_job(pool(bed, 3, "-u", uid)[0])) == {(n1, c)}
     assert set(by_job(pool(bed, 3, "-u", "root")[0])) == {(n1, a), (n2, b)}
-    as_user = bed.exec(3, ["runuser", "-u", user, "--", "mps", "--all", "--json"], cwd="/")
-    assert as_user.returncode == 0, as_user.stderr
-    assert set(by_job(json.loads(as_user.stdout))) == {(n1, a), (n2, b), (n1, c)}
+    theirs = bed.exec(3, as_user(user, "mps", "--all", "--json"), cwd="/")
+    assert theirs.returncode == 0, theirs.stderr
+    assert set(by_job(json.loads(theirs.stdout))) == {(n1, a), (n2, b), (n1, c)}
 
     # mtop, once, as JSON: the same jobs and every node's load.
     top = bed.exec(3, ["mtop", "--once", "--json"])
