@@ -122,7 +122,7 @@ def open_sockets_to_user(bed: TestBed) -> None:
 
 
 def test_pool_views_name_every_job_and_every_silent_node(
-    make_bed: MakeBed, started: list[subprocess.Popen[bytes]], user: str
+    user: str, make_bed: MakeBed, started: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(3)
     open_sockets_to_user(bed)

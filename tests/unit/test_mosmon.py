@@ -4,7 +4,7 @@ headless with textual's pilot, reading what they draw."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from hypothesis import given
@@ -30,6 +30,7 @@ from pymosix.mosmon.render import (
 from pymosix.mosmon.top import render_top
 
 GiB = 1 << 30
+T = TypeVar("T")
 
 
 def row(
@@ -256,18 +257,25 @@ async def test_mosmon_app_draws_every_size(width: int, height: int, nodes: int) 
         await pilot.press("q")
 
 
+class Counting(Generic[T]):
+    """A source that always gives the same figures and counts how often it was read."""
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+        self.calls = 0
+
+    def __call__(self) -> T:
+        self.calls += 1
+        return self.value
+
+
 async def test_mosmon_app_keys_dead_help_and_memory() -> None:
-    calls = 0
     rows = with_dead(
         [row(25611, 2.0, me=True), row(25612, 1.0, total=4 * GiB, free=GiB)],
         [{"node_id": 25613, "address": "192.168.100.13"}],
     )
 
-    def source() -> list[dict[str, Any]]:
-        nonlocal calls
-        calls += 1
-        return rows
-
+    source = Counting(rows)
     app = Mosmon(source, interval_s=0.05)
     async with app.run_test(size=(80, 25)) as pilot:
         await pilot.pause()
@@ -296,7 +304,7 @@ async def test_mosmon_app_keys_dead_help_and_memory() -> None:
         styled = to_text(app.styled())
         assert {"magenta", "green"} <= {str(s.style) for s in styled.spans}
         await pilot.pause(0.2)
-        assert calls >= 2
+        assert source.calls >= 2
         await pilot.press("q")
     assert app.return_code in (0, None)
 
@@ -383,13 +391,8 @@ def test_mtop_fits_the_height_with_many_nodes_and_jobs() -> None:
 
 
 async def test_mtop_app_refreshes_sorts_and_helps() -> None:
-    calls = 0
 
-    def source() -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        return TOP
-
+    source = Counting(TOP)
     app = Mtop(source, interval_s=0.05)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
@@ -404,5 +407,5 @@ async def test_mtop_app_refreshes_sorts_and_helps() -> None:
         await pilot.press("question_mark")
         assert "COMMAND" in app.screen_text()
         await pilot.pause(0.2)
-        assert calls >= 2
+        assert source.calls >= 2
         await pilot.press("q")

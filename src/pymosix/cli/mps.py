@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import pwd
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from pymosix.cli._common import print_json, run_tool
@@ -77,12 +76,10 @@ def print_local(r: dict[str, Any]) -> None:
         )
 
 
-def print_pool(r: dict[str, Any], lines: Sequence[str]) -> None:
+def print_pool(r: dict[str, Any]) -> None:
     print(HEADER)
     for j in r["jobs"]:
         print(job_line(j, r["node_id"], 130))
-    for line in lines:
-        print(f"mps: {line}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print_json({k: r[k] for k in ("node_id", "jobs", "nodes", "missing")})
         else:
-            print_pool(r, missing_lines(r))
+            print_pool(r)
+        for line in missing_lines(r):
+            print(f"mps: {line}", file=sys.stderr)
         return 0
 
     return run_tool("mps", body)
