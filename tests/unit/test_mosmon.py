@@ -378,6 +378,12 @@ def test_mtop_lists_jobs_with_their_node(width: int) -> None:
     nodes = [ln.split() for ln in lines if re.match(r" *\*?256\d\d ", ln)]
     assert [n[0] for n in nodes] == ["*25611", "25612", "25613"]
     assert [n[2] for n in nodes] == ["0", "1", "1"]  # jobs per node, where they run
+    if width >= 80:  # every figure right under its heading
+        head = next(ln for ln in lines if ln.split()[:2] == ["NODE", "LOAD"])
+        ends = [m.end() for m in re.finditer(r"\S+", head)]
+        for ln in lines:
+            if re.match(r" *\*?256\d\d ", ln):
+                assert [m.end() for m in re.finditer(r"\S+", ln)] == ends, (head, ln)
 
 
 def test_mtop_fits_the_height_with_many_nodes_and_jobs() -> None:

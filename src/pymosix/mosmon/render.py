@@ -50,7 +50,7 @@ KEYS = [
     ("h ?", "this help (again to leave)"),
     ("q", "quit"),
 ]
-HELP = "l/L load  s speed  m/r memory  u util  v/w/V/a layout  d dead  </> page  h help  q quit"
+HELP = "l L s m r u views  v w V a layouts  d dead  < > pages  h help  q quit"
 SHORT_HELP = "h or ? keys  q quit"
 COLUMN = 7  # characters per node in the vertical layout: 6 for its labels, 1 to keep them apart
 GUTTER = 8  # the scale or the label name left of the bars: 6 characters, then " |"

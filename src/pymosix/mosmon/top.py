@@ -21,9 +21,7 @@ _SORT_KEYS = {
     "M": lambda j: (-int(j["rss"]), j["home_node"], j["home_pid"]),
     "N": lambda j: (j["home_node"], j["home_pid"]),
 }
-NODE_HEADER = (
-    f" {'NODE':>6} {'LOAD':>5} {'UTIL':>5} {'CPUS':>4} {'MEM USED':>9} {'FREE':>5} {'JOBS':>4}"
-)
+NODE_HEADER = f"{'NODE':>7} {'LOAD':>5} {'JOBS':>4} {'UTIL':>4} {'CPUS':>4} {'USED':>5} {'FREE':>5}"
 
 
 def _node_line(r: dict[str, Any], jobs: int) -> Line:
