@@ -90,6 +90,18 @@ def merge_jobs(
     return out
 
 
+#: What a row must carry, and of what type, to be merged and shown.
+ROW_FIELDS = {"home_pid": int, "home_node": int, "node": int, "migrations": int, "user": str}
+
+
+def well_formed(row: Any) -> bool:
+    """A peer's row that merge_jobs and the tools can use (a newer or broken peer may differ)."""
+    return isinstance(row, dict) and all(
+        isinstance(row.get(k), t) and not isinstance(row.get(k), bool)
+        for k, t in ROW_FIELDS.items()
+    )
+
+
 def filter_user(rows: Iterable[Row], user: str | None) -> list[Row]:
     """The rows of one user (by name, as the rows carry it); all rows without a user."""
     return [r for r in rows if user is None or r["user"] == user]
@@ -201,13 +213,15 @@ class PoolViews:
             raise PymosixError(f"the deadline must be over 0 and at most {MAX_TIMEOUT_S:.0f} s")
         me = self.agent.node_id
         replies, nodes = await self.ask_all({"what": "jobs"}, timeout_s)
+        asked = {a.node_id for a in nodes}
         nodes += [
             NodeAnswer(n, address, False, 0.0, f"left the map {ago:.0f} s ago (not asked)")
             for n, address, ago in self.recently_gone()
+            if n not in asked  # it left while we asked it: named once, for why it did not answer
         ]
         answers: dict[int, list[Row]] = {me: self.engine.job_rows()}
         for node_id, reply in replies.items():
-            answers[node_id] = [dict(r) for r in reply.get("jobs") or []]
+            answers[node_id] = [dict(r) for r in reply.get("jobs") or [] if well_formed(r)]
         missing = [a.node_id for a in nodes if not a.answered]
         user = req.get("user")
         return {

@@ -124,7 +124,8 @@ def open_sockets_to_user(bed: TestBed) -> None:
 def test_pool_views_name_every_job_and_every_silent_node(
     user: str, make_bed: MakeBed, started: list[subprocess.Popen[bytes]]
 ) -> None:
-    bed = make_bed(3)
+    # A silent node stays in the map for 10 s: time to see it time out before the map drops it.
+    bed = make_bed(3, extra_args=["--set", "dead_after_ms=10000"])
     open_sockets_to_user(bed)
     n1, n2, n3 = (n.node_id for n in bed.nodes)
     a = start(bed, 1, started)
@@ -195,10 +196,15 @@ def test_pool_views_name_every_job_and_every_silent_node(
     assert not silent["answered"]
     assert silent["error"]
     # Once the map drops it, it is still named: it left, so it was not asked.
-    wait_until("node1 to leave node3's map", lambda: n1 not in map_of(bed, 3), 15.0)
+    wait_until("node1 to leave node3's map", lambda: n1 not in map_of(bed, 3), 30.0)
     reply, _, _ = pool(bed, 3, "--all")
     assert reply["missing"] == [n1]
     assert "left the map" in next(n for n in reply["nodes"] if n["node_id"] == n1)["error"]
+    # mosmon hides it, says so, and shows it dead on d.
+    hidden = bed.exec(3, ["mosmon", "--once", "-V"]).stdout.splitlines()
+    assert "1 dead or down hidden (d shows)" in hidden[0]
+    shown = bed.exec(3, ["mosmon", "--once", "-V", "-d"]).stdout.splitlines()
+    assert any(ln.split()[:1] == [str(n1)] and ln.endswith("| dead") for ln in shown), shown
 
 
 def map_of(bed: TestBed, node: int) -> set[int]:
