@@ -1,6 +1,7 @@
 """``mps``: the managed jobs, with openMosix's NODE column. Alone: the jobs this node knows (home
 jobs and guests). ``--all``: every job of the cluster, asked of the agents that run them.
-``-u USER``: USER's jobs, cluster-wide. Nodes that did not answer in time are named on stderr."""
+``-u USER``: USER's jobs, cluster-wide. Nodes that did not answer in time are named on stderr;
+a ``?`` after a job's state: the node it runs on did not answer, so its figures are the home's."""
 
 from __future__ import annotations
 
