@@ -186,6 +186,21 @@ def test_pool_views_name_every_job_and_every_silent_node(
     assert set(by_job(reply)) == {(n1, a), (n1, c)}
     wait_until("node2 to answer again", lambda: pool(bed, 3, "--all")[0]["missing"] == [], 15.0)
 
+    # The node a moved job runs on hangs: the home's row stands in for it, marked stale.
+    node3 = bed.node(3)
+    os.kill(node3.agent_pid, signal.SIGSTOP)
+    try:
+        reply, err, _ = pool(bed, 1, "--all", "--timeout", "1")
+    finally:
+        os.kill(node3.agent_pid, signal.SIGCONT)
+    assert reply["missing"] == [n3]
+    moved_row = by_job(reply)[(n1, a)]
+    assert moved_row["stale"]
+    assert moved_row["node"] == n3
+    assert moved_row["reported_by"] == n1
+    assert not by_job(reply)[(n2, b)]["stale"]
+    wait_until("node3 to answer again", lambda: pool(bed, 1, "--all")[0]["missing"] == [], 15.0)
+
     # An agent that is gone: named as well, and the job it was home to still shows where it runs.
     bed.kill_agent(1)
     reply, err, took = pool(bed, 3, "--all", "--timeout", "2")
