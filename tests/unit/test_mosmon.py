@@ -218,6 +218,11 @@ def test_compact_numbers_fit_five(value: float) -> None:
     assert len(compact(value)) <= 5
 
 
+@pytest.mark.parametrize("value", [9.996, 99.96, 99_999.6, 999_960.0, 1e15])
+def test_compact_numbers_fit_five_where_rounding_adds_a_digit(value: float) -> None:
+    assert len(compact(value)) <= 5, compact(value)
+
+
 @given(st.integers(min_value=0, max_value=1 << 60))
 def test_byte_counts_fit_five(value: int) -> None:
     assert len(nbytes(value)) <= 5

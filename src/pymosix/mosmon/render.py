@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 VIEWS = {
@@ -69,10 +69,6 @@ class Bar:
     state: str  # "up", "stale", "down" (in the map, no figures) or "dead" (left the map)
     is_self: bool
 
-    @property
-    def fill(self) -> float:
-        return sum(f for f, _ in self.parts)
-
 
 @dataclass(frozen=True, slots=True)
 class Screen:
@@ -85,7 +81,8 @@ class Screen:
     page: int = 0
     show_dead: bool = False
     stale_after_s: float = 3.0
-    extra: tuple[str, ...] = field(default=())
+    #: Lines under the title (mosmon's "not updating: why").
+    extra: tuple[str, ...] = ()
 
 
 # --- numbers that fit ---------------------------------------------------------------------------
@@ -97,7 +94,7 @@ def compact(value: float) -> str:
         return f"{value:.2f}"
     if value < 100:
         return f"{value:.1f}"
-    if value < 100_000:
+    if value < 99_999.5:  # not 100_000: 99999.6 would print as 100000
         return f"{value:.0f}"
     for unit, size in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
         v = value / size
