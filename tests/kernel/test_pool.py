@@ -3,6 +3,7 @@ channel, within a deadline, and name the nodes that did not answer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -114,6 +115,17 @@ def by_job(reply: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
     return {(j["home_node"], j["home_pid"]): j for j in reply["jobs"]}
 
 
+@contextlib.contextmanager
+def hung(bed: TestBed, node: int) -> Iterator[None]:
+    """The node's agent stopped (SIGSTOP): it holds its connections but answers nothing."""
+    pid = bed.node(node).agent_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def open_sockets_to_user(bed: TestBed) -> None:
     """Let an unprivileged user reach the bed's control sockets (they are 0666, the dirs 0700)."""
     os.chmod(ROOT / bed.name, 0o711)
@@ -173,12 +185,8 @@ def test_pool_views_name_every_job_and_every_silent_node(
     assert all(len(ln) <= 100 for ln in screen)
 
     # An agent that hangs: the answer comes within the deadline and names it.
-    node2 = bed.node(2)
-    os.kill(node2.agent_pid, signal.SIGSTOP)
-    try:
+    with hung(bed, 2):
         reply, err, took = pool(bed, 3, "--all", "--timeout", "1")
-    finally:
-        os.kill(node2.agent_pid, signal.SIGCONT)
     assert took < 6, took
     assert reply["missing"] == [n2]
     assert f"no answer from node {n2}" in err
@@ -187,12 +195,8 @@ def test_pool_views_name_every_job_and_every_silent_node(
     wait_until("node2 to answer again", lambda: pool(bed, 3, "--all")[0]["missing"] == [], 15.0)
 
     # The node a moved job runs on hangs: the home's row stands in for it, marked stale.
-    node3 = bed.node(3)
-    os.kill(node3.agent_pid, signal.SIGSTOP)
-    try:
+    with hung(bed, 3):
         reply, err, _ = pool(bed, 1, "--all", "--timeout", "1")
-    finally:
-        os.kill(node3.agent_pid, signal.SIGCONT)
     assert reply["missing"] == [n3]
     moved_row = by_job(reply)[(n1, a)]
     assert moved_row["stale"]
