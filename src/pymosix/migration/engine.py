@@ -141,6 +141,8 @@ class MigrationEngine:
             load.job_counts = self.job_counts
         #: The balancer's check of incoming jobs: (home node, believed load) -> reason to refuse.
         self.accept: Callable[[int, float | None], str | None] | None = None
+        #: The answer to a peer's QUERY frame (pymosix.pool sets it): read-only, no side effects.
+        self.answer_query: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     # --- life --------------------------------------------------------------------------------
 
@@ -348,6 +350,10 @@ class MigrationEngine:
         }
 
     async def _op_jobs(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        return {"node_id": self.agent.node_id, "jobs": self.job_rows()}
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """mps's rows: the jobs whose home is here (wherever they run) and the guests here."""
         rows = []
         me = self.agent.node_id
         for j in self.home_jobs.values():
@@ -390,7 +396,7 @@ class MigrationEngine:
                 )
             elif h.meta.home_pid in self.home_jobs:
                 rows[[r["home_pid"] for r in rows].index(h.meta.home_pid)]["pid"] = h.pid
-        return {"node_id": me, "jobs": rows}
+        return rows
 
     async def _op_cantmove(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Why a job cannot move (openMosix's /proc/PID/cantmove), for its owner and root."""
@@ -469,6 +475,8 @@ class MigrationEngine:
                     keep = True
             elif kind == Frame.MIGRATE:
                 keep = await self._receive(ch, p)
+            elif kind == Frame.QUERY and self.answer_query is not None:
+                await ch.send(Frame.REPLY, self.answer_query(p))
         except (
             EOFError,
             AuthError,
