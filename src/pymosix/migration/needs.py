@@ -35,7 +35,7 @@ _VIRTUAL_PREFIXES = ("/proc/", "/sys/", "/dev/")
 #: /proc/cpuinfo flags that are instruction-set features user code may use; the rest (kernel
 #: and hypervisor details such as constant_tsc) do not change what a process can run.
 _ISA_FLAG = re.compile(
-    r"^(mmx|sse|ssse3|sse4_[12]|sse4a|avx.*|fma4?|f16c|bmi[12]|adx|aes|vaes|pclmulqdq|vpclmulqdq"
+    r"^(mmx|sse|sse2|sse3|ssse3|sse4_[12]|sse4a|avx.*|fma4?|f16c|bmi[12]|adx|aes|vaes|pclmulqdq|vpclmulqdq"
     r"|gfni|sha_ni|popcnt|abm|lzcnt|movbe|cx8|cx16|cmov|rdrand|rdseed|xsave|xsaveopt|xsavec"
     r"|xsaves|erms|fsrm|clflushopt|clwb|amx.*|xop|tbm|rdpid|pku|ospke|serialize|movdiri"
     r"|movdir64b|vpopcntdq|avx512.*)$"
@@ -288,7 +288,7 @@ def elf_build_id(path: str) -> str | None:
                     off += (descsz + 3) & ~3
                     if ntype == _NT_GNU_BUILD_ID and name.rstrip(b"\0") == b"GNU":
                         return desc.hex()
-    except (OSError, struct.error):
+    except (OSError, ValueError, OverflowError, struct.error):
         return None
     return None
 
