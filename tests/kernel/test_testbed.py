@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pymosix import cgroups
 from pymosix.testbed import TestBed, down
 from pymosix.testbed.bed import ROOT
-from pymosix.testbed.kernel import CPUSET, links, netns_list, parse_cpu_list
+from pymosix.testbed.kernel import cgroup_tree, links, netns_list
 from tests.kernel.conftest import wait_until
 
 pytestmark = pytest.mark.kernel
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.kernel
 def leftovers(bed: TestBed) -> list[str]:
     out = [ns for ns in netns_list() if ns.startswith(f"pmx-{bed.name}-")]
     out += [ln for ln in links() if ln in {bed.bridge, *(n.veth for n in bed.nodes)}]
-    out += [p.name for p in CPUSET.glob(f"pmx-{bed.name}-*")]
+    out += [str(p) for t in cgroups.hierarchies() for p in t.find(f"pmx-{bed.name}-")]
     if (ROOT / bed.name).exists():
         out.append(str(ROOT / bed.name))
     return out
@@ -37,10 +38,11 @@ def test_nodes_are_namespaces_with_their_own_cpus_and_reach_each_other() -> None
             ],
         )
         assert r.returncode == 0, r.stderr
-        assert f"cpuset:/{bed.node(1).cpuset}" in r.stdout
+        tree = cgroup_tree()
+        assert f":/{bed.node(1).cpuset}\n" in r.stdout
         assert "192.168.100.11/24" in r.stdout
         assert r.stdout.split()[-1] != Path("/proc/self/ns/net").readlink().name
-        cpus = [parse_cpu_list((CPUSET / n.cpuset / "cpuset.cpus").read_text()) for n in bed.nodes]
+        cpus = [tree.cpus(tree.path(n.cpuset)) for n in bed.nodes]
         if len({c for cs in cpus for c in cs}) >= 2:
             assert cpus[0] != cpus[1], "with two host CPUs each node gets its own"
         ping = (

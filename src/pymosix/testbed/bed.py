@@ -1,5 +1,6 @@
 """TestBed: nodes node1..nodeN at 192.168.100.(10+i)/24, one network namespace each on one
-bridge, each with its own CPU(s) through a cpuset, its own state directory and agent, all sharing
+bridge, each with its own CPU(s) through a cgroup (a cpuset, or CPU affinity where cgroup v2
+has no cpuset controller: `pymosix.cgroups`), its own state directory and agent, all sharing
 one generated cluster key (DESIGN.md §4).
 
 Every kernel object is named after the bed (netns ``pmx-BED-nodeI``, links ``pmx<tag>...``,
@@ -23,12 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pymosix import cgroups
 from pymosix.control_client import call
 from pymosix.errors import PymosixError
 from pymosix.keys import write_key
 from pymosix.migration.engine import remove_images_of
 from pymosix.testbed import kernel
-from pymosix.testbed.kernel import CPUSET, ip
+from pymosix.testbed.kernel import ip
 
 ROOT = Path("/run/pymosix-testbed")
 #: Agents this process started, kept so they are reaped (and Popen does not warn) when killed.
@@ -141,7 +143,7 @@ class TestBed:
             bed._make_network()
             for node in bed.nodes:
                 Path(node.dir).mkdir(mode=0o700, exist_ok=True)
-                kernel.make_cpuset(node.cpuset, node.cpus)
+                kernel.cgroup_tree().create(node.cpuset, node.cpus)
             for i in agents if agents is not None else range(1, nodes + 1):
                 bed.start_agent(i, wait=False)
             for i in agents if agents is not None else range(1, nodes + 1):
@@ -220,13 +222,13 @@ class TestBed:
         )
 
     def _enter(self, node: BedNode) -> list[str]:
-        """argv prefix that runs the rest inside the node: its netns and its cpuset.
+        """argv prefix that runs the rest inside the node: its netns, its cgroup and CPUs.
 
         nsenter rather than `ip netns exec`, which remounts /sys and so hides the cgroup tree that
         the agent's load sampler reads.
         """
-        tasks = CPUSET / node.cpuset / "tasks"
-        script = f'echo $$ > {tasks} && exec "$@"'
+        tree = kernel.cgroup_tree()
+        script = f'{tree.join_script(tree.path(node.cpuset), node.cpus)} && exec "$@"'
         return ["nsenter", f"--net=/run/netns/{node.netns}", "--", "sh", "-c", script, "sh"]
 
     def env(self, node: BedNode) -> dict[str, str]:
@@ -414,9 +416,8 @@ def down(name: str) -> None:
     tag = bed_tag(name)
     ns_prefix = f"{PREFIX}-{name}-node"
     namespaces = [ns for ns in kernel.netns_list() if ns.startswith(ns_prefix)]
-    cpusets = (
-        [p for p in CPUSET.glob(f"{PREFIX}-{name}-node*") if p.is_dir()] if CPUSET.exists() else []
-    )
+    # Every mounted hierarchy: the bed may have been made where another one was in use.
+    cgs = [(t, p) for t in cgroups.hierarchies() for p in t.find(f"{PREFIX}-{name}-node")]
     # Processes first (agents, jobs, anything exec'd into a node), then the objects they held.
     killed = []
     for ns in namespaces:
@@ -424,8 +425,8 @@ def down(name: str) -> None:
         kernel.kill_pids(pids)
         killed += pids
     remove_images_of(killed)
-    for cg in cpusets:
-        kernel.remove_cpuset(cg)
+    for tree, cg in cgs:
+        kernel.remove_cgroup(tree, cg)
     for ns in namespaces:
         ip("netns", "delete", ns, check=False)
     for link in kernel.links():
