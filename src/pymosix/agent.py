@@ -31,6 +31,7 @@ from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
 from pymosix.mapfile import load_map
 from pymosix.membership import ClusterMap, MapChanged, change_message
+from pymosix.netif import auto_interface
 from pymosix.wire.envelope import Envelope, Kind, ReplayGuard, seal, unseal
 from pymosix.wire.messages import Hello
 
@@ -115,11 +116,9 @@ def resolve_address(config: NodeConfig) -> tuple[str, str]:
         if not ips:
             raise ConfigError(f"interface {config.interface} has no IPv4 address")
         return ips[0], config.interface
-    stats = psutil.net_if_stats()
-    for name, ips in sorted(addrs.items()):
-        if ips and name != "lo" and stats.get(name) is not None and stats[name].isup:
-            return ips[0], name
-    raise ConfigError("no interface with an IPv4 address: set 'address' or 'interface'")
+    choice = auto_interface()  # the same rule as doctor's: the default route's interface
+    log.info("no address configured: using %s on %s (%s)", choice.address, choice.name, choice.why)
+    return choice.address, choice.name
 
 
 class _Datagrams(asyncio.DatagramProtocol):
