@@ -203,7 +203,10 @@ class NodeAgent:
             loop.add_signal_handler(sig, self.stop)
         await self._open_sockets()
         if self.config.map_file is not None:
-            self._apply(self.cluster.add_static(load_map(self.config.map_file), self.now()))
+            numbered = load_map(self.config.map_file)
+            static = [(node_id, ip) for _, node_id, ip in numbered]
+            numbers = {node_id: number for number, node_id, _ in numbered}
+            self._apply(self.cluster.add_static(static, self.now(), numbers))
         started: list[Component] = []
         try:
             for comp in self.components:
@@ -403,6 +406,7 @@ class NodeAgent:
                     "count": 1,
                     "self": n.node_id == self.node_id,
                     "static": n.static,
+                    "number": n.number or None,
                 }
                 for n in self.cluster.nodes()
             ],

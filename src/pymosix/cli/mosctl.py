@@ -1,6 +1,7 @@
 """``mosctl``: openMosix's node control, the same verbs.
 
-Reading (optional NODE: node id, 0x hex, IP; default this node):
+Reading (optional NODE: hex id, decimal id, map number, IP, host name or home; default this
+node):
   getload, getspeed, getmem, getfree, getutil, status, isup, whois
 Setting this node:
   setspeed N; quiet / noquiet (stop / resume sending load information);
@@ -15,10 +16,10 @@ import argparse
 import sys
 from typing import Any
 
-from pymosix.cli._common import print_json, run_tool
+from pymosix.cli._common import node_arg, print_json, run_tool
 from pymosix.control_client import call
 from pymosix.errors import PymosixError
-from pymosix.ids import HOME, format_node_id, parse_node_arg
+from pymosix.ids import HOME, describe_node, format_node_id
 
 #: getter -> (field of the load row, how to print it)
 GETTERS: dict[str, tuple[str, str]] = {
@@ -46,13 +47,15 @@ ACTIONS = {"expel", "bring"}
 def find_row(rows: list[dict[str, Any]], node: str | None) -> dict[str, Any]:
     if node is None:
         return next(r for r in rows if r["self"])
-    target = parse_node_arg(node)
+    target = node_arg(node)
     if target == HOME:
         return next(r for r in rows if r["self"])
     for r in rows:
         if r["node_id"] == target:
             return r
-    raise PymosixError(f"node {node} is not in this node's map (see showmap)")
+    raise PymosixError(
+        f"node {node} ({describe_node(int(target))}) is not in this node's map (see showmap)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             row = find_row(call("loads")["nodes"], args.arg)
             if not row.get("up"):
                 raise PymosixError(
-                    f"no load information from node {row['node_id']} (down or quiet)"
+                    f"no load information from node {describe_node(row['node_id'])} (down or quiet)"
                 )
             field, fmt = GETTERS[v]
             return out({"node_id": row["node_id"], field: row[field]}, fmt.format(row[field]))
@@ -96,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                     {"node_id": status["node_id"], "address": status["address"]},
                     f"This is pymosix #{status['node_id']} at {status['address']}",
                 )
-            target = parse_node_arg(args.arg)
-            for n in call("map")["nodes"]:
-                if n["node_id"] == target or n["address"] == args.arg:
+            rows = call("map")["nodes"]
+            target = node_arg(args.arg, rows)
+            if target == HOME:
+                target = next(n["node_id"] for n in rows if n["self"])
+            for n in rows:
+                if n["node_id"] == target:
                     return out(
                         n,
                         f"pymosix #{n['node_id']} ({format_node_id(n['node_id'])}) is at IP address {n['address']}",
