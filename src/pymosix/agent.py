@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from pymosix import __version__
+from pymosix import __version__, flagstate, sdnotify
 from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
@@ -152,7 +152,11 @@ class NodeAgent:
             migration_port=config.migration_port,
         )
         self.counters = Counters()
-        self.flags = NodeFlags(speed=config.speed)
+        self.flags = NodeFlags(
+            speed=config.speed, stay=config.stay, lstay=config.lstay, block=config.block
+        )
+        for name, value in flagstate.read(config.state_dir).items():  # mosctl ... --persist
+            setattr(self.flags, name, value)
         self.replay = ReplayGuard()
         self.control = ControlServer(config.socket_path)
         self.components: list[Component] = []
@@ -226,8 +230,14 @@ class NodeAgent:
                 self.config.socket_path,
             )
             self._log_map(self.cluster.nodes())
+            sdnotify.notify(
+                f"READY=1\nSTATUS=node {format_node_id(self.node_id)} at {self.address}"
+            )
+            if (period := sdnotify.watchdog_period_s()) is not None:
+                self._tasks.append(asyncio.create_task(sdnotify.watchdog(period)))
             await self._stopping.wait()
         finally:
+            sdnotify.notify("STOPPING=1")
             await self.control.stop()
             self._send_bye()
             for task in self._tasks:
@@ -444,6 +454,9 @@ class NodeAgent:
             raise ValueError(f"{name} must be a whole number from 1 to 10000000")
         if kind is bool and not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
+        if req.get("persist"):
+            kept = flagstate.keep(self.config.state_dir, name, value)
+            log.info("mosctl: %s kept across restarts in %s", name, kept)
         setattr(self.flags, name, value)
         log.info("mosctl: %s set to %s", name, value)
         return {"flags": asdict(self.flags)}

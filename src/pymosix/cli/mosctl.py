@@ -8,6 +8,8 @@ Setting this node:
   stay / nostay (no automatic migration away); lstay / nolstay (local jobs stay, guests may go);
   block / noblock (refuse / accept guests); expel (send guests home; implies block);
   bring (bring this node's jobs home; implies lstay)
+  --persist with setspeed, stay, lstay, block (and their no- forms): keep the setting across
+  agent restarts (in the state directory; root only)
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("arg", nargs="?", help="a node (getters), or the speed (setspeed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--persist", action="store_true", help="keep the setting across agent restarts")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def out(data: dict[str, Any], text: str) -> int:
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         v = args.verb
+        if args.persist and v not in ("setspeed", *FLAGS):
+            raise PymosixError(
+                f"--persist goes with a setting (setspeed, stay, block ...), not {v}"
+            )
         if v in GETTERS:
             row = find_row(call("loads")["nodes"], args.arg)
             if not row.get("up"):
@@ -125,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         if v == "setspeed":
             if args.arg is None or not args.arg.isdigit():
                 raise PymosixError("setspeed takes a whole number, e.g. 'mosctl setspeed 15000'")
-            r = call("set", name="speed", value=int(args.arg))
+            r = call("set", name="speed", value=int(args.arg), persist=args.persist)
             return out(r["flags"], f"speed set to {r['flags']['speed']}")
         if v in FLAGS:
             name, value = FLAGS[v]
-            r = call("set", name=name, value=value)
+            if args.persist and name == "quiet":
+                raise PymosixError("quiet cannot be kept across restarts (drop --persist)")
+            r = call("set", name=name, value=value, persist=args.persist)
             return out(r["flags"], f"{name} {'on' if value else 'off'}")
         r = call(v, timeout_s=600)
         r.pop("ok", None)
