@@ -22,12 +22,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pymosix.errors import PymosixError
+
 MODES = ("v2-cpuset", "v1-cpuset", "v2-affinity", "none")
 PROC = Path("/proc")
 SYS_CPU = Path("/sys/devices/system/cpu")
 
 
-class CgroupError(RuntimeError):
+class CgroupError(PymosixError):
     """A cgroup could not be made or joined; the message says which file and why."""
 
 
