@@ -126,7 +126,7 @@ def test_install_writes_unit_and_config_and_starts_nothing(tmp_path: Path) -> No
     assert not (tmp_path / "systemctl.log").exists()
     unit = (tmp_path / "units" / "pymosix.service").read_text()
     assert f"--config {tmp_path}/etc/node.toml" in unit
-    assert f"ReadWritePaths={tmp_path}/etc" in unit
+    assert f"ReadWritePaths=-{tmp_path}/etc" in unit
     assert (tmp_path / "etc" / "node.toml").read_text() == render()
     # An edited config is kept on a second run; --start starts it.
     (tmp_path / "etc" / "node.toml").write_text('[node]\naddress = "10.0.0.7"\n')
