@@ -20,8 +20,14 @@ from pymosix.testbed import down
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
-#: Unmount the v1 tree (it has submounts), mount the unified hierarchy alone in its place.
-V2_HOST = 'umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec "$@"'
+#: Unmount the v1 tree (it has submounts), mount the unified hierarchy alone in its place; and a
+#: /run/netns of its own, so that other test runs on this machine never see this bed's namespace
+#: names without the namespaces (which live in this mount namespace only).
+V2_HOST = (
+    "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup"
+    " && mkdir -p /run/netns && mount -t tmpfs pmx-netns /run/netns"
+    ' && exec "$@"'
+)
 
 
 def in_v2_host(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
