@@ -320,9 +320,23 @@ def hierarchies(mountinfo: str | None = None, sys_cpu: Path = SYS_CPU) -> list[H
     return sorted(v2_cpuset, key=key) + sorted(v1, key=key) + sorted(v2, key=key)
 
 
-def detect(mountinfo: str | None = None, sys_cpu: Path = SYS_CPU) -> Hierarchy:
-    """The hierarchy to use here: real cpuset confinement first, else v2 with affinity."""
+#: Names a mode to use instead of the best one mounted (a hybrid host can run the v2 paths).
+MODE_ENV = "PYMOSIX_CGROUP_MODE"
+
+
+def detect(
+    mountinfo: str | None = None, sys_cpu: Path = SYS_CPU, want: str | None = None
+) -> Hierarchy:
+    """The hierarchy to use here: real cpuset confinement first, else v2 with affinity; or the
+    mode `want` (default: $PYMOSIX_CGROUP_MODE), which must be mounted."""
     found = hierarchies(mountinfo, sys_cpu)
+    want = os.environ.get(MODE_ENV, "") if want is None else want
+    if want:
+        if want not in MODES:
+            raise CgroupError(f"{MODE_ENV}={want}: not a mode (one of {', '.join(MODES)})")
+        found = [h for h in found if h.mode == want]
+        if not found and want != "none":
+            raise CgroupError(f"{MODE_ENV}={want}: no such hierarchy is mounted here")
     return found[0] if found else NoCgroups(Path("/nonexistent"), "/", sys_cpu)
 
 

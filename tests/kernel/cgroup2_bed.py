@@ -1,6 +1,6 @@
-"""Run by test_cgroup2.py inside a private mount namespace whose /sys/fs/cgroup is cgroup2 only
-(a stock v2 host): a 2-node bed goes up, is checked, migrates a job and goes down. Prints one JSON
-object of findings; exits non-zero with the reason on the first failed expectation.
+"""Run by test_cgroup2.py with a cgroup v2 mode (PYMOSIX_CGROUP_MODE, or a v2-only host): a
+2-node bed goes up, is checked, migrates a job and goes down. Prints one JSON object of findings;
+exits non-zero with the reason on the first failed expectation.
 
 ``python -m tests.kernel.cgroup2_bed BEDNAME``
 """

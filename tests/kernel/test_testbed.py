@@ -79,9 +79,11 @@ def test_up_on_top_of_leftovers_starts_clean() -> None:
     assert leftovers(bed) == []
 
 
-def test_static_map_without_discovery(tmp_path: Path) -> None:
+def test_static_map_without_discovery() -> None:
     name = f"t{secrets.token_hex(3)}"
-    mapfile = tmp_path / "openmosix.map"
+    # Not in /tmp: each node has its own.
+    ROOT.mkdir(parents=True, exist_ok=True)
+    mapfile = ROOT / f"{name}.map"
     mapfile.write_text("# two nodes, no multicast\n1 192.168.100.11 2\n")
     bed = TestBed.up(nodes=2, name=name, extra_args=["--map-file", str(mapfile)])
     try:
@@ -92,3 +94,4 @@ def test_static_map_without_discovery(tmp_path: Path) -> None:
             assert bed.call(i, "status")["discovery"] is False
     finally:
         bed.down()
+        mapfile.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pymosix.cgroups import (
+    CgroupError,
     Hierarchy,
     NoCgroups,
     V1Cpuset,
@@ -155,3 +156,18 @@ def test_join_scripts_move_the_shell_and_confine_it(tmp_path: Path) -> None:
 def test_parse_cpu_list() -> None:
     assert parse_cpu_list("0-2,5\n") == [0, 1, 2, 5]
     assert parse_cpu_list("") == []
+
+
+def test_a_mode_can_be_asked_for(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "cpuset", tmp_path / "unified"
+    v1.mkdir()
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("hugetlb\n")
+    hybrid = HYBRID.format(v1=v1, v2=v2)
+    assert detect(hybrid, want="v2-affinity").root == v2
+    assert detect(hybrid, want="").mode == "v1-cpuset"
+    assert detect(hybrid, want="none").mode == "none"
+    with pytest.raises(CgroupError, match="no such hierarchy"):
+        detect(hybrid, want="v2-cpuset")
+    with pytest.raises(CgroupError, match="not a mode"):
+        detect(hybrid, want="v3")
