@@ -20,7 +20,7 @@ DEFAULT_SOCKET = Path("/run/pymosix/control.sock")
 DEFAULT_CONFIG_FILE = Path("/etc/pymosix/node.toml")
 DEFAULT_KEY_FILE = Path("/etc/pymosix/cluster.key")
 DEFAULT_STATE_DIR = Path("/var/lib/pymosix")
-#: Where `make setup` unpacks Debian 13's criu when the system's does not work (DESIGN.md §3).
+#: Where `make setup` or `pymosix setup` unpacks Debian's criu (provision-criu.sh, DESIGN.md §3).
 PROVISIONED_CRIU = Path("/opt/pymosix/criu/bin/criu")
 
 

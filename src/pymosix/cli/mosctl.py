@@ -10,6 +10,8 @@ Setting this node:
   bring (bring this node's jobs home; implies lstay)
   --persist with setspeed, stay, lstay, block (and their no- forms): keep the setting across
   agent restarts (in the state directory; root only)
+About a job:
+  cantmove PID (why the job cannot move, as openMosix's /proc/PID/cantmove said)
 """
 
 from __future__ import annotations
@@ -65,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="mosctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "verb", choices=[*GETTERS, "status", "isup", "whois", "setspeed", *FLAGS, *ACTIONS]
+        "verb",
+        choices=[*GETTERS, "status", "isup", "whois", "setspeed", "cantmove", *FLAGS, *ACTIONS],
     )
-    p.add_argument("arg", nargs="?", help="a node (getters), or the speed (setspeed)")
+    p.add_argument(
+        "arg", nargs="?", help="a node (getters), the speed (setspeed) or a job's PID (cantmove)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--persist", action="store_true", help="keep the setting across agent restarts")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -129,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"(malformed {c['rejected_malformed']}, authentication {c['rejected_auth']}, replay {c['rejected_replay']})",
             ]
             return out(s, "\n".join(lines))
+        if v == "cantmove":
+            if args.arg is None or not args.arg.isdigit():
+                raise PymosixError("cantmove takes a job's PID, e.g. 'mosctl cantmove 14816' (mps)")
+            r = call("cantmove", pid=int(args.arg))
+            r.pop("ok", None)
+            return out(r, r["why"] or f"job {r['home_pid']}: nothing keeps it from moving")
         if v == "setspeed":
             if args.arg is None or not args.arg.isdigit():
                 raise PymosixError("setspeed takes a whole number, e.g. 'mosctl setspeed 15000'")

@@ -18,16 +18,28 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from pymosix.control_server import ControlConnection
-from pymosix.errors import AuthError, CriuError, DecodeError, MigrationError, PymosixError
+from pymosix.errors import (
+    AuthError,
+    CriuError,
+    DecodeError,
+    JobCannotMove,
+    MigrationError,
+    PymosixError,
+)
 from pymosix.ids import format_node_id
+from pymosix.migration import cputime
+from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
 from pymosix.migration.link import ChannelLink, Frame, LocalLink
+from pymosix.migration.needs import Needs, look_here
+from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
+from pymosix.refusals import Refusals
 
 if TYPE_CHECKING:
     from pymosix.agent import NodeAgent
@@ -110,6 +122,8 @@ class MigrationEngine:
         self.image_root = image_root(agent.node_id, os.getpid())
         self.home_jobs: dict[int, HomeJob] = {}
         self.hosted: dict[tuple[int, int], HostedJob] = {}
+        #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
+        self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[Any]] = set()
         #: Migrations into this node under way (expel waits for them).
@@ -120,6 +134,7 @@ class MigrationEngine:
             ("migrate", self._op_migrate),
             ("expel", self._op_expel),
             ("bring", self._op_bring),
+            ("cantmove", self._op_cantmove),
         ):
             agent.control.register(op, handler)
         if load is not None:
@@ -277,7 +292,19 @@ class MigrationEngine:
                 f"node {target} ({format_node_id(target)}) is not in the map (see showmap)"
             )
         port = entry.migration_port or self.agent.config.migration_port
-        await job.migrate_out(entry.address, port, target, offer_load)
+        pid = job.meta.home_pid
+        try:
+            await job.migrate_out(entry.address, port, target, offer_load)
+        except (JobCannotMove, CriuError) as e:
+            # The job's own state (a pre-check, or what criu could not dump): any node.
+            self.refusals.record(pid, None, str(e), self.agent.now())
+            job.refused(str(e))
+            raise
+        except MigrationError as e:
+            self.refusals.record(pid, target, str(e), self.agent.now())
+            job.refused(str(e))
+            raise
+        self.refusals.cleared(pid)
         if self.load is not None:
             self.load.table.adjust(target, 1.0)
         return target
@@ -337,6 +364,9 @@ class MigrationEngine:
                     "migrations": j.meta.migrations,
                     "locked": j.meta.locked,
                     "command": " ".join(j.meta.argv),
+                    "cpu_s": j.cpu_s,
+                    "freezes": j.freezes,
+                    "why": j.why,
                 }
             )
         for h in self.hosted.values():
@@ -355,11 +385,30 @@ class MigrationEngine:
                         "locked": h.meta.locked,
                         "command": " ".join(h.meta.argv),
                         "pid": h.pid,
+                        **{k: v for k, v in h.stats().items() if k in ("cpu_s", "freezes", "why")},
                     }
                 )
             elif h.meta.home_pid in self.home_jobs:
                 rows[[r["home_pid"] for r in rows].index(h.meta.home_pid)]["pid"] = h.pid
         return {"node_id": me, "jobs": rows}
+
+    async def _op_cantmove(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        """Why a job cannot move (openMosix's /proc/PID/cantmove), for its owner and root."""
+        pid = int(req["pid"])
+        home = self.home_jobs.get(pid)
+        hosted = next((h for h in self.hosted.values() if h.meta.home_pid == pid), None)
+        if home is None and hosted is None:
+            raise PymosixError(f"no job with home PID {pid} here (see mps)")
+        job = home or hosted
+        assert job is not None
+        if conn.peer.uid not in (0, job.meta.uid):
+            raise PymosixError(f"job {pid} belongs to another user")
+        why: str | None = None
+        if hosted is not None and hosted.state == "running":
+            why = await asyncio.to_thread(cantmove, hosted.pid) or hosted.why
+        elif home is not None:
+            why = home.why
+        return {"home_pid": pid, "why": why}
 
     async def _op_expel(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Send every guest home; this node blocks guests from now on."""
@@ -452,7 +501,10 @@ class MigrationEngine:
             refusal = f"node {format_node_id(me)} blocks guests (mosctl noblock)"
         elif self.accept is not None and p.get("offer_load") is not None:
             refusal = self.accept(meta.home_node, float(p["offer_load"]))
+        if not refusal:
+            refusal = await self._check_needs(p.get("needs"))
         if refusal:
+            log.info("refused job %d of node %d: %s", meta.home_pid, ch.peer_id, refusal)
             await ch.send(Frame.FAILED, {"error": refusal})
             return False
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
@@ -468,9 +520,12 @@ class MigrationEngine:
             done = await self._drain_files(ch, images)
             t_received = time.monotonic()
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
+            stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
+            spent = cputime.account(meta, stint)
             hosted = await self._restore(
                 meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
+            await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
         except EOFError:
             log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
             return False
@@ -512,6 +567,19 @@ class MigrationEngine:
             meta.migrations,
         )
         return False
+
+    async def _check_needs(self, wire: Any) -> str | None:
+        """The target's yes or no to what the job needs (migration/needs.py)."""
+        if wire is None:
+            return "the offer says nothing of what the job needs (update pymosix on that node)"
+        try:
+            needs = Needs.from_wire(wire)
+        except (KeyError, TypeError, ValueError) as e:
+            return f"malformed offer: {e or type(e).__name__}"
+        here = await asyncio.to_thread(
+            look_here, needs, self.agent.node_id, await self.criu.version(), self.image_root
+        )
+        return needs_refusal(needs, here)
 
     async def _drain_files(self, ch: Channel, images: Path) -> dict[str, Any]:
         """Write the image files that follow the pages; the DONE frame's payload."""
