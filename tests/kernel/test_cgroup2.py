@@ -56,9 +56,11 @@ def test_bed_on_cgroup_v2_confines_samples_migrates_and_leaves_nothing(v2_name: 
     """The whole bed on the v2 hierarchy this host mounts beside v1 (/sys/fs/cgroup/unified),
     chosen by PYMOSIX_CGROUP_MODE, which the agents inherit: the v2 code paths in full.
 
-    (Not in the private mount namespace above: there, making the nodes' own mount namespaces
-    fails now and then with EINVAL from util-linux's `unshare --mount=FILE`, reproducible
-    without pymosix; see the branch report.)
+    (Not in the private mount namespace above: there, keeping the nodes' own mount namespaces
+    by `unshare --mount=FILE` fails with EINVAL whenever the inner unshare runs on another CPU
+    than the one the outer namespace was made on, without pymosix too: `taskset -c 0 unshare -m
+    sh -c '... taskset -c 1 unshare --mount=FILE true'` fails every time, 0 then 0 never. This
+    kernel's loop check compares namespace ids that are not ordered across CPUs.)
     """
     v2 = [t for t in cgroups.hierarchies() if t.mode.startswith("v2")]
     if not v2:
