@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pymosix.config import DEFAULT_KEY_FILE, find_criu
 from pymosix.install import reinstall_fix, setup_fix
+from pymosix.netif import auto_interface_name
 
 
 class Status(StrEnum):
@@ -364,7 +365,7 @@ def run_all(key_file: Path = DEFAULT_KEY_FILE, interface: str = "", criu: str = 
     else:
         checks += guarded("criu", lambda: check_criu(criu))
         checks += guarded("netns", check_netns)
-    default = default_route_interface(_read("/proc/net/route"))
+    default = auto_interface_name()  # the agent's own rule (pymosix.netif)
     checks += guarded("multicast", lambda: check_multicast(interface, default=default))
     checks += guarded("cpuset", check_cpuset)
     checks += guarded("cluster key", lambda: check_key(key_file))
