@@ -136,17 +136,22 @@ function jobBubble(job, i, n) {
     class: classes.join(" "), "data-job": job.key, draggable: draggable ? "true" : "false", title,
     style: `left:${x}px;top:${y}px;background:hsl(${hue(job.user)},65%,68%)`,
   }, job.home_pid, el("small", {}, job.user));
+  // Holding a job keeps the map as it is (a redraw would take it from under the pointer).
+  b.addEventListener("mousedown", () => { dragging = true; });
   b.addEventListener("dragstart", (ev) => {
     dragging = true;
     ev.dataTransfer.setData("text/plain", job.key);
     ev.dataTransfer.effectAllowed = "move";
   });
-  b.addEventListener("dragend", () => {
-    dragging = false;
-    if (pending) { const s = pending; pending = null; render(s); }
-  });
+  b.addEventListener("dragend", release);
   return b;
 }
+
+function release() {
+  dragging = false;
+  if (pending) { const s = pending; pending = null; render(s); }
+}
+document.addEventListener("mouseup", release);
 
 function bar(label, parts, text) {
   const b = el("div", {class: "bar"});
