@@ -76,12 +76,14 @@ class WebMonitor:
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
+        #: The port it listens on once started (web_port, or the one picked for 0 in tests).
+        self.port = self.config.web_port
         agent.control.register("web_token", self._op_token)
         engine.move_listeners.append(self._moved)
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.web_address or self.agent.address}:{self.config.web_port}/"
+        return f"http://{self.config.web_address or self.agent.address}:{self.port}/"
 
     # --- life --------------------------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class WebMonitor:
         await self._runner.setup()
         address = self.config.web_address or self.agent.address
         await web.TCPSite(self._runner, address, self.config.web_port).start()
+        self.port = int(self._runner.addresses[0][1])
         self._task = asyncio.create_task(self._push_loop())
         log.info("web monitor on %s (pymosix web-token prints a login token)", self.url)
 
