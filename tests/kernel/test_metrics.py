@@ -3,9 +3,12 @@ agent exports itself, down nodes stay at 0, and a real move is counted on both s
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,6 +65,13 @@ def test_scrape_families_units_and_a_counted_move(
     make_bed: MakeBed, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(2, extra_args=["--set", f"metrics_port={PORT}", "--set", "balance=false"])
+    for node in (1, 2):
+        wait_until(
+            f"node{node} to have its peer's load",
+            lambda: count(scrape(bed, node)[1], "pymosix_peer_load") == 1,  # noqa: B023
+            15.0,
+            poll_s=0.3,
+        )
     types, s1 = scrape(bed, 1)
     for name, kind in {
         "pymosix_build_info": "gauge",
@@ -126,6 +136,13 @@ def test_scrape_families_units_and_a_counted_move(
     assert value(s1, "pymosix_jobs", kind="away", state="running") == 1
     assert value(s1, "pymosix_jobs", kind="local", state="running") == 0
     assert value(s2, "pymosix_jobs", kind="guest", state="running") == 1
+
+    # The shipped Grafana dashboard asks only for series an agent exports.
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    wanted = {m for e in exprs for m in re.findall(r"pymosix_[a-z_]+", e)}
+    assert wanted
+    assert wanted <= {n for n, _ in s1} | {n for n, _ in s2}
 
     # A node that goes is kept at 0, not dropped.
     bed.stop_agent(2)

@@ -30,6 +30,10 @@ function bytes(n) {
   return (i === 0 ? n : n.toFixed(n < 10 ? 1 : 0)) + units[i];
 }
 
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString([], {hour12: false});
+}
+
 function hue(s) {
   let h = 0;
   for (const c of s) h = (h * 31 + c.charCodeAt(0)) % 360;
@@ -100,7 +104,7 @@ function connect() {
     const s = JSON.parse(ev.data);
     if (s.t !== "state") return;
     $("#live").className = "live on";
-    $("#live").textContent = "live " + new Date(s.at * 1000).toLocaleTimeString();
+    $("#live").textContent = "live " + clock(s.at);
     if (dragging) pending = s; else render(s);
   };
   socket.onclose = async () => {
@@ -135,7 +139,8 @@ function jobBubble(job, i, n) {
   const b = el("div", {
     class: classes.join(" "), "data-job": job.key, draggable: draggable ? "true" : "false", title,
     style: `left:${x}px;top:${y}px;background:hsl(${hue(job.user)},65%,68%)`,
-  }, job.home_pid, el("small", {}, job.user));
+  }, job.home_pid, el("small", {}, job.user),
+    el("small", {class: "mig"}, "\u2302" + job.home_name.slice(2) + " \u21bb" + job.migrations));
   // Holding a job keeps the map as it is (a redraw would take it from under the pointer).
   b.addEventListener("mousedown", () => { dragging = true; });
   b.addEventListener("dragstart", (ev) => {
@@ -268,7 +273,7 @@ function render(s) {
   moves.replaceChildren();
   for (const m of s.moves) {
     moves.append(el("tr", {title: m.error},
-      el("td", {}, new Date(m.at * 1000).toLocaleTimeString()),
+      el("td", {}, clock(m.at)),
       el("td", {class: "num"}, m.home_pid), el("td", {}, m.source_name), el("td", {}, m.target_name),
       el("td", {}, m.reason), el("td", {class: "res-" + m.result}, m.result),
       el("td", {class: "num"}, m.freeze_s === null ? "" : m.freeze_s.toFixed(3) + " s"),
