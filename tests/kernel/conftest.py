@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -28,6 +29,18 @@ def make_bed() -> Iterator[Callable[..., TestBed]]:
     finally:
         for bed in beds:
             bed.down()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Background processes a test starts (append them); killed and reaped after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
 
 
 def wait_until(

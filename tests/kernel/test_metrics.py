@@ -7,7 +7,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,17 +48,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def count(samples: Samples, name: str) -> int:
     return sum(1 for n, _ in samples if n == name)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.kill()
-            p.wait()
 
 
 def test_scrape_families_units_and_a_counted_move(

@@ -84,17 +84,6 @@ def browser_in(tmp_path: Path) -> Iterator[Callable[[TestBed, int], Any]]:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.kill()
-            p.wait()
-
-
-@pytest.fixture
 def user() -> Iterator[str]:
     """An unprivileged user that exists for the test only."""
     name = f"pmxw{secrets.token_hex(3)}"
@@ -148,12 +137,15 @@ def drag(page: Any, job: str, node: int) -> None:
     """Drag the job's bubble onto the node's card; fail with what the page said if it stays."""
     page.drag_and_drop(job, f'[data-node="{node}"]')
     moved = f'[data-node="{node}"] {job}'
-    page.wait_for_function(
-        """([moved]) => document.querySelector(moved) ||
-                       document.querySelector("#toast").textContent.includes(" stays: ")""",
-        arg=[moved],
-        timeout=60_000,
-    )
+    try:
+        page.wait_for_function(
+            """([moved]) => document.querySelector(moved) ||
+                           document.querySelector("#toast").textContent.includes(" stays: ")""",
+            arg=[moved],
+            timeout=90_000,
+        )
+    except Exception:
+        pytest.fail(f"no move within 90 s; the page says: {page.inner_text('#toast')!r}")
     if page.query_selector(moved) is None:
         pytest.fail(f"the job did not move; the page says: {page.inner_text('#toast')}")
 
@@ -233,22 +225,27 @@ def test_drag_a_job_onto_the_other_node_moves_it(
     shot(page, "web-down.png")
 
 
+def user_bed(make_bed: MakeBed, user: str) -> tuple[TestBed, dict[str, Any]]:
+    """A bed whose node1 lets `user` log in, and what `pymosix web-token --json` told them."""
+    bed = make_bed(2, extra_args=[*WEB_ARGS, "--set", f"web_users={user}"])
+    # The bed's directories are root's; the user needs to reach node1's control socket (0666).
+    for d in (Path(bed.node(1).dir).parent, Path(bed.node(1).dir)):
+        d.chmod(0o711)
+    got = bed.exec(1, [*setpriv(user), "pymosix", "web-token", "--json"], cwd="/tmp")
+    assert got.returncode == 0, got.stderr
+    reply: dict[str, Any] = json.loads(got.stdout)
+    return bed, reply
+
+
 def test_a_user_moves_their_own_job_and_not_roots(
     make_bed: MakeBed,
     browser_in: Callable[[TestBed, int], Any],
     procs: list[Any],
     user: str,
 ) -> None:
-    bed = make_bed(2, extra_args=[*WEB_ARGS, "--set", f"web_users={user}"])
-    # The bed's directories are root's; the user needs to reach node1's control socket (0666).
-    for d in (Path(bed.node(1).dir).parent, Path(bed.node(1).dir)):
-        d.chmod(0o711)
-    uid = pwd.getpwnam(user).pw_uid
+    bed, reply = user_bed(make_bed, user)
     as_user = setpriv(user)
-    got = bed.exec(1, [*as_user, "pymosix", "web-token", "--json"], cwd="/tmp")
-    assert got.returncode == 0, got.stderr
-    reply = json.loads(got.stdout)
-    assert reply["uid"] == uid
+    assert reply["uid"] == pwd.getpwnam(user).pw_uid
     assert reply["user"] == user
     root_token = bed.exec(1, ["pymosix", "web-token"], check=True).stdout.strip()
     assert reply["token"] != root_token
@@ -285,13 +282,9 @@ def test_a_user_drags_their_own_job_to_the_other_node(
     procs: list[Any],
     user: str,
 ) -> None:
-    bed = make_bed(2, extra_args=[*WEB_ARGS, "--set", f"web_users={user}"])
-    for d in (Path(bed.node(1).dir).parent, Path(bed.node(1).dir)):
-        d.chmod(0o711)
-    got = bed.exec(1, [*setpriv(user), "pymosix", "web-token"], cwd="/tmp")
-    assert got.returncode == 0, got.stderr
+    bed, reply = user_bed(make_bed, user)
     mine = start_job(bed, procs, as_user=user)
     page = browser_in(bed, 1)
-    login(page, bed, got.stdout.strip())
+    login(page, bed, reply["token"])
     drag(page, f'[data-job="{NODE1}:{mine}"]', NODE2)
     assert next(j for j in jobs_at(bed, 1) if j["home_pid"] == mine)["node"] == NODE2
