@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from pymosix import __version__
 from pymosix.config import find_criu
+from pymosix.errors import ConfigError
 from pymosix.ids import format_node_id
 from pymosix.membership import MapChanged
 from pymosix.migration.moves import REASONS, RESULTS, MoveRecord
@@ -238,8 +239,15 @@ class MetricsEndpoint:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.agent.address, self.agent.config.metrics_port)
-        await site.start()
+        port = self.agent.config.metrics_port
+        try:
+            await web.TCPSite(self._runner, self.agent.address, port).start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"metrics: cannot listen on {self.agent.address}:{port} ({e.strerror}); "
+                "change metrics_port"
+            ) from None
 
     async def stop(self) -> None:
         if self._runner is not None:

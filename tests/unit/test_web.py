@@ -4,6 +4,7 @@ loopback, with a fake agent whose control ops record who called them."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 from collections import deque
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from pymosix.agent import NodeFlags
 from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer
-from pymosix.errors import PymosixError
+from pymosix.errors import ConfigError, PymosixError
 from pymosix.migration.moves import MoveRecord
 from pymosix.web.auth import SESSION_S, Sessions, TokenStore, may_log_in
 from pymosix.web.server import WebCaller, WebMonitor
@@ -141,9 +142,13 @@ class FakeEngine:
 class FakeAgent:
     """What the web monitor uses of the agent; its ops record the caller's uid."""
 
-    def __init__(self, state_dir: Path, web_users: str) -> None:
+    def __init__(self, state_dir: Path, web_users: str, web_port: int = 0) -> None:
         self.config = NodeConfig(
-            state_dir=state_dir, web_address="127.0.0.1", web_users=web_users, load_interval_ms=100
+            state_dir=state_dir,
+            web_address="127.0.0.1",
+            web_port=web_port,
+            web_users=web_users,
+            load_interval_ms=100,
         )
         self.node_id = ME
         self.address = "127.0.0.1"
@@ -231,3 +236,15 @@ async def test_login_state_push_and_actions_as_the_user(tmp_path: Path) -> None:
             assert agent.calls[-1][1] == 0
     finally:
         await monitor.stop()
+
+
+async def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        agent = FakeAgent(tmp_path, web_users="", web_port=taken.getsockname()[1])
+        monitor = WebMonitor(agent, FakeLoad(), FakeEngine())  # type: ignore[arg-type]
+        with pytest.raises(
+            ConfigError, match=r"cannot listen on 127\.0\.0\.1:\d+ .*change web_address"
+        ):
+            await monitor.start()

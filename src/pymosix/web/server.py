@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from pymosix.control_server import ControlConnection, PeerCred
-from pymosix.errors import PymosixError
+from pymosix.errors import ConfigError, PymosixError
 from pymosix.ids import format_node_id
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.moves import MoveRecord
-from pymosix.web.auth import Session, Sessions, TokenStore, may_log_in, user_name
+from pymosix.web.auth import SESSION_S, Session, Sessions, TokenStore, may_log_in, user_name
 from pymosix.web.view import job_views, last_failures, move_views, node_command, node_views
 
 if TYPE_CHECKING:
@@ -102,7 +102,14 @@ class WebMonitor:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         address = self.config.web_address or self.agent.address
-        await web.TCPSite(self._runner, address, self.config.web_port).start()
+        try:
+            await web.TCPSite(self._runner, address, self.config.web_port).start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"web monitor: cannot listen on {address}:{self.config.web_port} ({e.strerror}); "
+                "change web_address or web_port"
+            ) from None
         self.port = int(self._runner.addresses[0][1])
         self._task = asyncio.create_task(self._push_loop())
         log.info("web monitor on %s (pymosix web-token prints a login token)", self.url)
@@ -165,7 +172,7 @@ class WebMonitor:
             return _error(403, "wrong token (pymosix web-token prints yours)")
         sid = self.sessions.open(uid, time.monotonic())
         resp = web.json_response(self._me(uid))
-        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", max_age=12 * 3600)
+        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", max_age=SESSION_S)
         log.info("web monitor: %s logged in from %s", user_name(uid), request.remote)
         return resp
 
