@@ -85,13 +85,13 @@ def browser_in(tmp_path: Path) -> Iterator[Callable[[TestBed, int], Any]]:
 
 @pytest.fixture
 def user() -> Iterator[str]:
-    """An unprivileged user that exists for the test only."""
+    """An unprivileged user that exists for the test only. Ask for it before the bed, so that
+    it goes after the bed (and the user's jobs with it)."""
     name = f"pmxw{secrets.token_hex(3)}"
     subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", name], check=True, timeout=30)
     try:
         yield name
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], timeout=30)
         subprocess.run(["userdel", name], check=True, timeout=30)
 
 
@@ -238,10 +238,10 @@ def user_bed(make_bed: MakeBed, user: str) -> tuple[TestBed, dict[str, Any]]:
 
 
 def test_a_user_moves_their_own_job_and_not_roots(
+    user: str,
     make_bed: MakeBed,
     browser_in: Callable[[TestBed, int], Any],
     procs: list[Any],
-    user: str,
 ) -> None:
     bed, reply = user_bed(make_bed, user)
     as_user = setpriv(user)
@@ -277,10 +277,10 @@ def test_a_user_moves_their_own_job_and_not_roots(
     strict=True,
 )
 def test_a_user_drags_their_own_job_to_the_other_node(
+    user: str,
     make_bed: MakeBed,
     browser_in: Callable[[TestBed, int], Any],
     procs: list[Any],
-    user: str,
 ) -> None:
     bed, reply = user_bed(make_bed, user)
     mine = start_job(bed, procs, as_user=user)
@@ -288,3 +288,13 @@ def test_a_user_drags_their_own_job_to_the_other_node(
     login(page, bed, reply["token"])
     drag(page, f'[data-job="{NODE1}:{mine}"]', NODE2)
     assert next(j for j in jobs_at(bed, 1) if j["home_pid"] == mine)["node"] == NODE2
+
+
+def test_web_token_says_how_to_turn_the_monitor_on(make_bed: MakeBed) -> None:
+    bed = make_bed(1)
+    r = bed.exec(1, ["pymosix", "web-token"])
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "pymosix web-token: the web monitor is off on this node: set web_port (and web_address) "
+        "in /etc/pymosix/node.toml and restart the agent"
+    )
