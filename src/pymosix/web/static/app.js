@@ -9,6 +9,7 @@ let pending = null;     // a state that came while a job was being dragged
 let dragging = false;
 let socket = null;
 const moving = new Set(); // job keys with a move under way
+const MAX_BUBBLES = 16;
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -176,7 +177,16 @@ function nodeCard(node, jobs) {
   const orbit = el("div", {class: "orbit"});
   const load = node.up && node.load !== undefined ? node.load.toFixed(2) : "--";
   orbit.append(el("div", {class: "disc"}, el("span", {class: "load"}, load), el("small", {}, "load")));
-  jobs.forEach((j, i) => orbit.append(jobBubble(j, i, jobs.length)));
+  // Room for MAX_BUBBLES around a disc; the rest are in the job list.
+  const shown = jobs.length > MAX_BUBBLES ? jobs.slice(0, MAX_BUBBLES - 1) : jobs;
+  const slots = Math.min(jobs.length, MAX_BUBBLES);
+  shown.forEach((j, i) => orbit.append(jobBubble(j, i, slots)));
+  if (shown.length < jobs.length) {
+    const angle = -Math.PI / 2 + (2 * Math.PI * shown.length) / slots;
+    orbit.append(el("div", {class: "job more nodrag", title: "see the job list",
+      style: `left:${100 + 88 * Math.cos(angle)}px;top:${100 + 88 * Math.sin(angle)}px`},
+      "+" + (jobs.length - shown.length)));
+  }
   card.append(orbit);
   const bars = el("div", {class: "bars"});
   if (node.up || node.load !== undefined) {
