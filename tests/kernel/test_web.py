@@ -176,6 +176,8 @@ def test_drag_a_job_onto_the_other_node_moves_it(
     page.wait_for_selector("#login-form")
     shot(page, "web-login.png")
     login(page, bed, token)
+    said = bed.exec(1, ["pymosix", "web"], check=True).stdout
+    assert f"http://{bed.node(1).address}:{WEB_PORT}/ (users: root only; 1 logged in)" in said
     job = f'[data-job="{NODE1}:{pid}"]'
     page.wait_for_selector(f'[data-node="{NODE1}"] {job}')
     # Pushed, not reloaded: the load figure of this node changes on the same page.
@@ -292,9 +294,10 @@ def test_a_user_drags_their_own_job_to_the_other_node(
 
 def test_web_token_says_how_to_turn_the_monitor_on(make_bed: MakeBed) -> None:
     bed = make_bed(1)
-    r = bed.exec(1, ["pymosix", "web-token"])
-    assert r.returncode == 1
-    assert r.stderr.strip() == (
-        "pymosix web-token: the web monitor is off on this node: set web_port (and web_address) "
-        "in /etc/pymosix/node.toml and restart the agent"
-    )
+    for tool in ("web-token", "web"):
+        r = bed.exec(1, ["pymosix", tool])
+        assert r.returncode == 1
+        assert r.stderr.strip() == (
+            f"pymosix {tool}: the web monitor is off on this node: set web_port (and "
+            "web_address) in /etc/pymosix/node.toml and restart the agent"
+        )

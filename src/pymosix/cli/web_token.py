@@ -9,10 +9,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from pymosix.cli._common import print_json
 from pymosix.control_client import call
 from pymosix.errors import PymosixError
+
+
+def ask(op: str, **args: Any) -> dict[str, Any]:
+    """The agent's answer to a web op; off on this node is one line saying how to turn it on."""
+    try:
+        reply = call(op, **args)
+    except PymosixError as e:
+        if f"unknown op {op!r}" in str(e):
+            raise PymosixError(
+                "the web monitor is off on this node: set web_port (and web_address) in "
+                "/etc/pymosix/node.toml and restart the agent"
+            ) from None
+        raise
+    reply.pop("ok", None)
+    return reply
 
 
 def main(argv: list[str]) -> int:
@@ -20,16 +36,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--new", action="store_true", help="replace the token (the old one stops)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    try:
-        reply = call("web_token", new=args.new)
-    except PymosixError as e:
-        if "unknown op 'web_token'" in str(e):
-            raise PymosixError(
-                "the web monitor is off on this node: set web_port (and web_address) in "
-                "/etc/pymosix/node.toml and restart the agent"
-            ) from None
-        raise
-    reply.pop("ok", None)
+    reply = ask("web_token", new=args.new)
     if args.json:
         print_json(reply)
     else:

@@ -108,6 +108,10 @@ class Sessions:
             return None
         return s
 
+    def count(self, now: float) -> int:
+        """Sessions that have not expired."""
+        return sum(1 for s in self._by_id.values() if s.expires >= now)
+
     def close(self, sid: str | None) -> None:
         self._by_id.pop(sid or "", None)
 

@@ -79,6 +79,7 @@ class WebMonitor:
         #: The port it listens on once started (web_port, or the one picked for 0 in tests).
         self.port = self.config.web_port
         agent.control.register("web_token", self._op_token)
+        agent.control.register("web", self._op_web)
         engine.move_listeners.append(self._moved)
 
     @property
@@ -125,6 +126,13 @@ class WebMonitor:
             await self._runner.cleanup()
 
     # --- tokens and sessions -----------------------------------------------------------------
+
+    async def _op_web(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "users": self.config.web_users,
+            "sessions": self.sessions.count(time.monotonic()),
+        }
 
     async def _op_token(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         uid = conn.peer.uid
