@@ -220,6 +220,15 @@ def test_drag_a_job_onto_the_other_node_moves_it(
     page.wait_for_selector('[data-verb="block"].on')
     page.click('[data-verb="block"]')
     wait_until("block to be off", lambda: not bed.call(1, "status")["flags"]["block"], 10.0)
+    page.fill("#speed", "12000")
+    page.click('[data-verb="setspeed"]')
+    wait_until("the speed to be set", lambda: bed.call(1, "status")["flags"]["speed"] == 12000, 10)
+    # bring: the job on node2 comes home, and this node's jobs stay (lstay).
+    page.click('[data-verb="bring"]')
+    page.wait_for_selector("#toast:has-text('brought 1 job(s) home')")
+    page.wait_for_selector(f'[data-node="{NODE1}"] {job}')
+    assert next(j for j in jobs_at(bed, 1) if j["home_pid"] == pid)["node"] == NODE1
+    assert bed.call(1, "status")["flags"]["lstay"]
     # A node that goes stays on the map, marked down (mosmon's `d`), with no figures.
     bed.stop_agent(2)
     page.wait_for_selector(f'[data-node="{NODE2}"].down .flag.dead')
