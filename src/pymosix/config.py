@@ -74,6 +74,13 @@ class NodeConfig:
     criu: str = ""
     #: Prometheus text endpoint port on this node's address; 0 is off.
     metrics_port: int = 0
+    #: The web monitor's port (docs/web.md); 0 is off.
+    web_port: int = 0
+    #: The address the web monitor listens on; empty: this node's address.
+    web_address: str = ""
+    #: Who besides root may log in to the web monitor (each with a token `pymosix web-token`
+    #: prints them): user names separated by commas, "*" for every local user, empty for none.
+    web_users: str = ""
     #: Automatic load balancing.
     balance: bool = True
     #: DEBUG, INFO, WARNING or ERROR.

@@ -22,5 +22,9 @@ def build_agent(config: NodeConfig) -> NodeAgent:
     agent.add_component(PoolViews(agent, engine))
     agent.add_component(Balancer(agent, load, engine))
     if config.metrics_port:
-        agent.add_component(MetricsEndpoint(agent, load))
+        agent.add_component(MetricsEndpoint(agent, load, engine))
+    if config.web_port:
+        from pymosix.web.server import WebMonitor
+
+        agent.add_component(WebMonitor(agent, load, engine))
     return agent

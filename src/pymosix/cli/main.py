@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "testbed": ("testbed", "a cluster of network namespaces on this machine"),
     "demo": ("demo", "replay the seed's walk-through on a test bed"),
     "install-service": ("install_service", "install the systemd unit for the node agent"),
+    "web": ("web", "where this node's web monitor is"),
+    "web-token": ("web_token", "your login token for this node's web monitor"),
 }
 
 

@@ -11,6 +11,7 @@ import pwd
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,14 @@ from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
 from pymosix.migration.link import ChannelLink, Frame, LocalLink
+from pymosix.migration.moves import (
+    RECENT_MOVES,
+    MoveRecord,
+    MoveStats,
+    Refused,
+    reason_of,
+    result_of,
+)
 from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.pages import page_socketpair, relay_pages
@@ -128,6 +137,9 @@ class MigrationEngine:
         self._conns: set[asyncio.Task[Any]] = set()
         #: Migrations into this node under way (expel waits for them).
         self._incoming = 0
+        #: Recent moves in and out (the web monitor), and who hears of each (the metrics).
+        self.moves: deque[MoveRecord] = deque(maxlen=RECENT_MOVES)
+        self.move_listeners: list[Callable[[MoveRecord], None]] = []
         for op, handler in (
             ("run", self._op_run),
             ("jobs", self._op_jobs),
@@ -280,10 +292,60 @@ class MigrationEngine:
 
     # --- moving ------------------------------------------------------------------------------
 
+    def _moved(self, record: MoveRecord) -> None:
+        self.moves.append(record)
+        for listener in self.move_listeners:
+            listener(record)
+
     async def migrate_hosted(
-        self, job: HostedJob, target: int, offer_load: float | None = None
+        self,
+        job: HostedJob,
+        target: int,
+        offer_load: float | None = None,
+        reason: str | None = None,
     ) -> int:
         """Move a job that runs here to `target` (a node id); `offer_load` marks an automatic move."""
+        why = reason_of(offer_load, reason)
+        t0 = time.monotonic()
+        try:
+            stats = await self._migrate_hosted(job, target, offer_load, why)
+        except BaseException as e:
+            self._moved(self._record(job.meta, "out", target, why, t0, e))
+            raise
+        self._moved(self._record(job.meta, "out", target, why, t0, None, *stats[1:]))
+        return target
+
+    def _record(
+        self,
+        meta: JobMeta,
+        direction: str,
+        other: int,
+        reason: str,
+        t0: float,
+        error: BaseException | None,
+        freeze_s: float | None = None,
+        image_bytes: int | None = None,
+    ) -> MoveRecord:
+        me = self.agent.node_id
+        return MoveRecord(
+            time.time(),
+            direction,
+            meta.home_node,
+            meta.home_pid,
+            meta.uid,
+            me if direction == "out" else other,
+            other if direction == "out" else me,
+            reason,
+            result_of(error),
+            round(time.monotonic() - t0, 4),
+            freeze_s,
+            image_bytes,
+            "" if error is None else str(error) or type(error).__name__,
+        )
+
+    async def _migrate_hosted(
+        self, job: HostedJob, target: int, offer_load: float | None, reason: str
+    ) -> MoveStats:
         if target == self.agent.node_id:
             raise MigrationError(
                 f"job {job.meta.home_pid} already runs on node {format_node_id(target)}"
@@ -296,7 +358,7 @@ class MigrationEngine:
         port = entry.migration_port or self.agent.config.migration_port
         pid = job.meta.home_pid
         try:
-            await job.migrate_out(entry.address, port, target, offer_load)
+            stats = await job.migrate_out(entry.address, port, target, offer_load, reason)
         except (JobCannotMove, CriuError) as e:
             # The job's own state (a pre-check, or what criu could not dump): any node.
             self.refusals.record(pid, None, str(e), self.agent.now())
@@ -309,7 +371,7 @@ class MigrationEngine:
         self.refusals.cleared(pid)
         if self.load is not None:
             self.load.table.adjust(target, 1.0)
-        return target
+        return stats
 
     def _find_home_job(self, pid: int) -> HomeJob:
         job = self.home_jobs.get(pid)
@@ -430,7 +492,10 @@ class MigrationEngine:
             if not guests and not self._incoming:
                 break
             await _all_or_why(
-                [(h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node)) for h in guests],
+                [
+                    (h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node, reason="expel"))
+                    for h in guests
+                ],
                 "some guests could not be sent home",
             )
             expelled += len(guests)
@@ -504,6 +569,15 @@ class MigrationEngine:
     async def _receive_job(self, ch: Channel, p: dict[str, Any]) -> bool:
         meta = JobMeta.from_wire(p["meta"])
         me = self.agent.node_id
+        t_offer = time.monotonic()
+        why = reason_of(p.get("offer_load"), p.get("reason"))
+        image_bytes = None
+
+        def moved(error: BaseException | None) -> None:
+            self._moved(
+                self._record(meta, "in", ch.peer_id, why, t_offer, error, None, image_bytes)
+            )
+
         refusal = None
         if self.agent.flags.block and meta.home_node != me:
             refusal = f"node {format_node_id(me)} blocks guests (mosctl noblock)"
@@ -513,6 +587,7 @@ class MigrationEngine:
             refusal = await self._check_needs(p.get("needs"))
         if refusal:
             log.info("refused job %d of node %d: %s", meta.home_pid, ch.peer_id, refusal)
+            moved(Refused(refusal))
             await ch.send(Frame.FAILED, {"error": refusal})
             return False
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
@@ -527,6 +602,7 @@ class MigrationEngine:
             t_pages = time.monotonic()
             done = await self._drain_files(ch, images)
             t_received = time.monotonic()
+            image_bytes = sum(f.stat().st_size for f in images.iterdir())
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
             stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
             spent = cputime.account(meta, stint)
@@ -536,9 +612,11 @@ class MigrationEngine:
             await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
         except EOFError:
             log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
+            moved(MigrationError(f"node {ch.peer_id} gave up sending it"))
             return False
         except (CriuError, MigrationError, OSError, ValueError, TimeoutError) as e:
             log.warning("could not take job %d: %s", meta.home_pid, e)
+            moved(e)
             with contextlib.suppress(OSError, EOFError):
                 await ch.send(Frame.FAILED, {"error": str(e) or type(e).__name__})
             return False
@@ -560,13 +638,15 @@ class MigrationEngine:
         try:
             await self._link_home(hosted)
         except (OSError, EOFError, AuthError, TimeoutError) as e:
+            moved(e)
             hosted.deliver_signal(9)
             await ch.send(
                 Frame.FAILED, {"error": f"restored, but could not reach its home node: {e}"}
             )
             return False
         self._add_hosted(hosted)
-        await ch.send(Frame.RESTORED, {"pid": hosted.pid})
+        moved(None)
+        await ch.send(Frame.RESTORED, {"pid": hosted.pid, "image_bytes": image_bytes})
         log.info(
             "job %d arrived from node %d (pid %d here, move %d)",
             meta.home_pid,

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from pymosix.errors import CriuError, JobCannotMove, MigrationError
+from pymosix.errors import CriuError, MigrationError
 from pymosix.migration import cputime
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.link import Frame, Link
+from pymosix.migration.moves import CannotMove, MoveStats, Refused
 from pymosix.migration.needs import gather
 from pymosix.migration.pages import page_socketpair, relay_pages
 
@@ -395,25 +396,30 @@ class HostedJob:
     # --- moving out --------------------------------------------------------------------------
 
     async def migrate_out(
-        self, address: str, port: int, target: int, offer_load: float | None = None
-    ) -> None:
+        self,
+        address: str,
+        port: int,
+        target: int,
+        offer_load: float | None = None,
+        reason: str = "request",
+    ) -> MoveStats:
         """Move the job to the node at address:port; on any failure it continues here."""
         async with self._moving:
             if self.state != "running":
                 raise MigrationError(f"job {self.meta.home_pid} is {self.state}")
-            reason = cantmove(self.pid)
-            if reason:
-                raise JobCannotMove(f"job {self.meta.home_pid} cannot move: {reason}")
+            why = cantmove(self.pid)
+            if why:
+                raise CannotMove(f"job {self.meta.home_pid} cannot move: {why}")
             t_begin = time.monotonic()
             # Ask first: a target that is down or says no costs the job nothing.
-            ch = await self._offer(address, port, target, offer_load)
+            ch = await self._offer(address, port, target, offer_load, reason)
             try:
-                await self._move(ch, target, t_begin)
+                return await self._move(ch, target, t_begin)
             finally:
                 await ch.aclose()
 
     async def _offer(
-        self, address: str, port: int, target: int, offer_load: float | None
+        self, address: str, port: int, target: int, offer_load: float | None, reason: str
     ) -> Channel:
         """A channel to the target, which has agreed to take this job."""
         keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
@@ -440,6 +446,7 @@ class HostedJob:
                     "meta": meta,
                     "keys": wire_keys,
                     "offer_load": offer_load,
+                    "reason": reason,
                     "needs": needs.to_wire(),
                 },
             )
@@ -452,10 +459,10 @@ class HostedJob:
             raise
         if kind != Frame.READY:
             await ch.aclose()
-            raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
+            raise Refused(f"the target refused: {p.get('error', 'no reason given')}")
         return ch
 
-    async def _move(self, ch: Channel, target: int, t_begin: float) -> None:
+    async def _move(self, ch: Channel, target: int, t_begin: float) -> MoveStats:
         """Freeze, stream the image, restore on the target; roll back here on any failure."""
         images = Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
         self._paused_ack.clear()
@@ -513,7 +520,7 @@ class HostedJob:
             await asyncio.wait_for(self._flush_ack.wait(), 10)
             leftover = _read_available(self.stdin_r)
             t_flushed = time.monotonic()
-            new_pid = await self._finish_transfer(
+            new_pid, image_bytes = await self._finish_transfer(
                 ch, images, leftover + bytes(self.pending_in), cputime.used_by_tree(self.pid)
             )
         except BaseException as e:
@@ -561,6 +568,7 @@ class HostedJob:
             t_freeze - t_begin,
         )
         self.finish()
+        return MoveStats(new_pid, t_done - t_freeze, image_bytes)
 
     async def _reap_original(self) -> None:
         for _ in range(500):
@@ -574,10 +582,10 @@ class HostedJob:
 
     async def _finish_transfer(
         self, ch: Channel, images: Path, stdin: bytes, cpu_used: dict[int, float]
-    ) -> int:
+    ) -> tuple[int, int]:
         """Send what the dump left here (all but the pages), the unread stdin and the CPU time
         each process used here (by its PID in the job's namespace); the pid the job has on the
-        target once it is restored there."""
+        target once it is restored there, and the image bytes it received."""
         for f in sorted(images.iterdir()):
             if f.name.endswith(".log"):
                 continue
@@ -599,4 +607,4 @@ class HostedJob:
         kind, p = await asyncio.wait_for(ch.recv(), 120)
         if kind != Frame.RESTORED:
             raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
-        return int(p["pid"])
+        return int(p["pid"]), int(p.get("image_bytes") or 0)
