@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import site
 import subprocess
@@ -27,17 +26,6 @@ pytestmark = pytest.mark.kernel
 
 MakeBed = Callable[..., TestBed]
 LOOP = ["perl", "-e", "while (1) {}"]
-
-
-@pytest.fixture
-def user() -> Iterator[str]:
-    """An unprivileged user of its own, removed after the test."""
-    name = f"pmx{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False)
 
 
 def user_python() -> str:

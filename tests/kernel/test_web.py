@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,18 +80,6 @@ def browser_in(tmp_path: Path) -> Iterator[Callable[[TestBed, int], Any]]:
         for b in browsers:
             b.close()
         pw.stop()
-
-
-@pytest.fixture
-def user() -> Iterator[str]:
-    """An unprivileged user that exists for the test only. Ask for it before the bed, so that
-    it goes after the bed (and the user's jobs with it)."""
-    name = f"pmxw{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", name], check=True, timeout=30)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=True, timeout=30)
 
 
 def setpriv(name: str) -> list[str]:
