@@ -401,7 +401,7 @@ class MigrationEngine:
         assert task is not None
         self._conns.add(task)
         try:
-            ch = await accept_channel(stream, self.agent.key, self.agent.node_id)
+            ch = await accept_channel(stream, self.agent.keys, self.agent.node_id)
         except (AuthError, DecodeError, TimeoutError, ConnectionError, OSError) as e:
             log.warning("refused a migration-channel connection: %s", e)
             self.agent.counters.rejected_auth += 1
@@ -590,7 +590,7 @@ class MigrationEngine:
         ch = await open_channel(
             entry.address,
             entry.migration_port or self.agent.config.migration_port,
-            self.agent.key,
+            self.agent.keys,
             me,
         )
         await ch.send(Frame.ATTACH, {"home_pid": job.meta.home_pid, "node": me})

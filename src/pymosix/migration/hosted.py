@@ -383,7 +383,9 @@ class HostedJob:
         """A channel to the target, which has agreed to take this job."""
         keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
         try:
-            ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
+            ch = await open_channel(
+                address, port, self.engine.agent.keys, self.engine.agent.node_id
+            )
         except (OSError, TimeoutError) as e:
             raise MigrationError(
                 f"cannot reach node {target} at {address}:{port}: {e or type(e).__name__}"
