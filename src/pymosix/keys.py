@@ -210,19 +210,20 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 def load_keys(path: Path) -> list[ClusterKey]:
     """The keys in `path`, refusing a file others can read, a foreign owner, or a bad key."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no cluster key; make one with 'pymosix keygen {path}'"
         ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cluster key: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(
+            f"{path}: not a regular file; point key_file at a key made by 'pymosix keygen'"
+        )
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(
-                f"{path}: not a regular file; point key_file at a key made by 'pymosix keygen'"
-            )
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise ConfigError(
@@ -270,13 +271,13 @@ def _write(path: Path, keys: Sequence[ClusterKey]) -> None:
     os.replace(tmp, path)
 
 
-def write_key(path: Path, force: bool = False) -> bytes:
+def write_key(path: Path, force: bool = False, now: float | None = None) -> bytes:
     """Write a new key file of one key; refuses to overwrite one unless `force`."""
     if path.exists() and not force:
         raise ConfigError(
             f"{path} exists; keep it (all nodes share it) or pass --force to replace it"
         )
-    key = ClusterKey(secrets.token_bytes(KEY_BYTES), int(time.time()))
+    key = ClusterKey(secrets.token_bytes(KEY_BYTES), int(time.time() if now is None else now))
     _write(path, [key])
     return key.secret
 
