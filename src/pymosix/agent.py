@@ -427,6 +427,8 @@ class NodeAgent:
             "discovery": self._mcast is not None,
             "map_file": str(self.config.map_file) if self.config.map_file else None,
             "key_file": str(self.config.key_file),
+            "keys": [k.name for k in self.keys.keys],
+            "signing_key": self.keys.signing.name,
             "conflicts": len(self.cluster.conflicts),
             "flags": asdict(self.flags),
         }
