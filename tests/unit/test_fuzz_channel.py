@@ -8,8 +8,8 @@ from bench.fuzz import channel
 
 @pytest.mark.parametrize("target", sorted(channel.TARGETS))
 def test_seeded_fuzz_finds_no_crash(target: str) -> None:
-    outcomes = channel.run(target, examples=150, rng_seed=1)
-    assert sum(outcomes.values()) >= 100
+    outcomes = channel.run(target, inputs=300, rng_seed=1, batch=5)
+    assert sum(outcomes.values()) >= 300
     # Not all refused at the first check: some reach the cryptography, or the decoder.
     assert len(outcomes) >= 2, outcomes
 
@@ -25,4 +25,4 @@ def test_a_crash_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
         channel.TARGETS, "decode", channel.Target(channel.TARGETS["decode"].strategy, broken)
     )
-    assert channel.main(["--examples", "50", "--targets", "decode"]) == 1
+    assert channel.main(["--inputs", "50", "--targets", "decode"]) == 1

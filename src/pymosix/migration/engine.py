@@ -416,7 +416,8 @@ class MigrationEngine:
                 if home is None or home.meta.home_node != self.agent.node_id:
                     await ch.send(Frame.KILL, {})
                 else:
-                    await home.attach(ChannelLink(ch), int(p["node"]))
+                    # The node the handshake authenticated, not what the frame claims.
+                    await home.attach(ChannelLink(ch), ch.peer_id)
                     keep = True
             elif kind == Frame.MIGRATE:
                 keep = await self._receive(ch, p)
