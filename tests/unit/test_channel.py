@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from noise.connection import NoiseConnection
 
 from pymosix.errors import AuthError, DecodeError
 from pymosix.keys import ClusterKey, KeyRing
+from pymosix.migration import channel
 from pymosix.migration.channel import (
     CONFIRM,
     HELLO_BYTES,
@@ -401,3 +403,23 @@ async def test_replayed_hello_over_the_wire_is_refused() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_low_order_ephemeral_from_a_key_holder_is_an_auth_error() -> None:
+    """Even with the key, an all-zero X25519 point is refused cleanly, not with a ValueError."""
+    key_id = ClusterKey(KEY).key_id
+    conn = NoiseConnection.from_name(channel.PROTOCOL)
+    conn.set_psks(channel._psk(KEY))
+    conn.set_prologue(channel._PROLOGUE + channel.MAGIC + key_id)
+    conn.set_as_initiator()
+    conn.start_handshake()
+    # Write message 1 by hand with the point 0 in place of a real ephemeral key.
+    hs = conn.noise_protocol.handshake_state
+    sym = hs.symmetric_state
+    zero = bytes(32)
+    sym.mix_key_and_hash(conn.noise_protocol.psks.pop(0))
+    sym.mix_hash(zero)
+    sym.mix_key(zero)
+    hello = channel.MAGIC + key_id + zero + bytes(sym.encrypt_and_hash((1).to_bytes(2, "big")))
+    with pytest.raises(AuthError, match="invalid ephemeral"):
+        server_reply(KEY, hello, 2)

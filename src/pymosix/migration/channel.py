@@ -164,7 +164,10 @@ def server_reply(
     except (InvalidTag, ValueError):
         raise AuthError("the peer could not prove the cluster key (another cluster?)") from None
     peer = _read_id(payload)
-    reply = bytes(conn.write_message(_ID.pack(node_id)))
+    try:
+        reply = bytes(conn.write_message(_ID.pack(node_id)))
+    except ValueError:  # X25519 refuses a low-order point: only a key holder can send one
+        raise AuthError(f"node {peer} sent an invalid ephemeral key") from None
     return reply, _session(conn, peer)
 
 
