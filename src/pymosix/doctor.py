@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from pymosix.config import DEFAULT_KEY_FILE, find_criu
+from pymosix.errors import ConfigError
+from pymosix.keys import read_keys
 
 
 class Status(StrEnum):
@@ -48,7 +50,15 @@ CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
 CAP_CHECKPOINT_RESTORE = 40
 
-PYTHON_DEPENDENCIES = ("cryptography", "msgpack", "psutil", "rich", "textual", "prometheus_client")
+PYTHON_DEPENDENCIES = (
+    "cryptography",
+    "msgpack",
+    "noise",
+    "psutil",
+    "rich",
+    "textual",
+    "prometheus_client",
+)
 
 
 def effective_caps(status_text: str) -> int:
@@ -242,7 +252,11 @@ def check_key(path: Path = DEFAULT_KEY_FILE) -> Check:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         return Check("cluster key", Status.FAIL, f"{path} has mode {mode:o}", f"chmod 600 {path}")
-    return Check("cluster key", Status.OK, f"{path} (mode 600)")
+    try:
+        ring = read_keys(path)
+    except ConfigError as e:  # the message names the fix
+        return Check("cluster key", Status.FAIL, str(e))
+    return Check("cluster key", Status.OK, f"{path} (mode 600): {ring.describe()}")
 
 
 def check_python_dependencies(

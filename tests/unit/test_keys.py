@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pymosix.doctor import Status, check_key
 from pymosix.errors import AuthError, ConfigError
 from pymosix.keys import (
     ClusterKey,
@@ -191,3 +192,13 @@ def test_node_refuses_a_bad_key_with_one_line(
     assert lines[0].startswith("pymosix node: ")
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_doctor_checks_the_key_as_the_agent_does(tmp_path: Path) -> None:
+    path = key_file(tmp_path, "00" * 16 + "\n")
+    check = check_key(path)
+    assert check.status is Status.FAIL
+    assert "16 bytes" in check.line()
+    path.write_text(format_keys([ClusterKey(A, 0), ClusterKey(B, 0)]))
+    assert check_key(path).status is Status.OK
+    assert "2 key(s)" in check_key(path).line()
