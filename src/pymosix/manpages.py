@@ -71,7 +71,9 @@ def _paragraphs(text: str) -> Iterator[str]:
         yield f".PP\n.nf\n{body}\n.fi" if "\n  " in block else f".PP\n{body}"
 
 
-def render(name: str, summary: str, usage: str, description: str, options: list[tuple[str, str]]) -> str:
+def render(
+    name: str, summary: str, usage: str, description: str, options: list[tuple[str, str]]
+) -> str:
     """One man page in roff (man(7) macros)."""
     date = datetime.date.today().isoformat()
     out = [
