@@ -11,6 +11,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,11 @@ def test_the_wheel_sets_itself_up_in_a_venv_outside_the_tree(tmp_path: Path) -> 
         )
         assert built.returncode == 0, built.stderr[-2000:]
         [wheel] = dist.glob("pymosix-*.whl")
+        # The man pages were made from the tools' parsers when the wheel was built.
+        with zipfile.ZipFile(wheel) as zf:
+            man = {n.rsplit("/", 1)[-1] for n in zf.namelist() if "/man/man1/" in n}
+            assert {"mosrun.1", "migrate.1", "mps.1", "mosctl.1", "showmap.1"} <= man, man
+            assert b"\\-\\-all" in zf.read("pymosix/man/man1/mps.1")
         made = run([system_python(), "-m", "venv", str(venv)], tmp_path, 120)
         assert made.returncode == 0, made.stderr
         pip = run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], tmp_path, 600)
@@ -107,6 +113,8 @@ def test_the_wheel_sets_itself_up_in_a_venv_outside_the_tree(tmp_path: Path) -> 
             assert {ln["action"] for ln in links.values()} == {action}
         assert {"pymosix", "mosrun", "migrate", "mps", "mosctl", "showmap"} <= set(links)
         assert Path(os.readlink(tools / "bin" / "mosrun")) == bin_ / "mosrun"
+        assert {"mosrun.1", "mps.1"} <= set(links), "and the man pages beside them"
+        assert (tools / "share" / "man" / "man1" / "mosrun.1").read_text().startswith(".TH MOSRUN")
         version = run([str(tools / "bin" / "pymosix"), "--version"], tmp_path, 60)
         assert version.stdout.startswith("pymosix "), version.stderr
 

@@ -1,5 +1,6 @@
 """``pymosix install-tools``: link pymosix's commands (mosrun, migrate, mps, ...) into
-PREFIX/bin (default /usr/local/bin), so every user finds them; again is harmless."""
+PREFIX/bin (default /usr/local/bin), so every user finds them, and their man pages (in a wheel)
+into PREFIX/share/man/man1; again is harmless."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pymosix.cli._common import print_json
-from pymosix.install import console_scripts, link_tools, scripts_dir, unlink_tools
+from pymosix.install import PACKAGE_DIR, console_scripts, link_tools, scripts_dir, unlink_tools
+
+#: Where a wheel carries the man pages setup.py made (a clone has none: see pymosix/manpages.py).
+MAN_PAGES = PACKAGE_DIR / "man" / "man1"
 
 
 def main(argv: list[str]) -> int:
@@ -19,10 +23,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     bin_dir, names = args.prefix / "bin", console_scripts()
+    man_dir = args.prefix / "share" / "man" / "man1"
+    pages = sorted(p.name for p in MAN_PAGES.glob("*.1")) if MAN_PAGES.is_dir() else []
     if args.remove:
         links = unlink_tools(bin_dir, scripts_dir(), names)
+        links += unlink_tools(man_dir, MAN_PAGES, pages) if pages else []
     else:
         links = link_tools(bin_dir, scripts_dir(), names, force=args.force)
+        links += link_tools(man_dir, MAN_PAGES, pages, force=args.force) if pages else []
     if args.json:
         print_json([asdict(link) for link in links])
     else:
