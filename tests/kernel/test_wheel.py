@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,20 @@ def run(cmd: list[str], cwd: Path, timeout: float, **env: str) -> subprocess.Com
     )
 
 
-def test_the_wheel_sets_itself_up_in_a_venv_outside_the_tree(tmp_path: Path) -> None:
+@pytest.fixture
+def install_root() -> Iterator[Path]:
+    """A directory outside the tree and outside /tmp (bed nodes have a /tmp of their own, so an
+    install under the host's /tmp cannot run inside them): like /opt on a user's machine."""
+    root = Path("/var/lib") / f"pymosix-wheel-test-{secrets.token_hex(3)}"
+    root.mkdir(mode=0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_wheel_sets_itself_up_in_a_venv_outside_the_tree(install_root: Path) -> None:
+    tmp_path = install_root
     assert not tmp_path.is_relative_to(REPO)
     dist, venv, prefix, tools = (tmp_path / d for d in ("dist", "venv", "criu", "tools"))
     try:

@@ -125,6 +125,11 @@ class TestBed:
             raise PymosixError("a test bed has 1 to 200 nodes")
         if os.geteuid() != 0:
             raise PymosixError("the test bed needs root (network namespaces, cgroups)")
+        if any(sys.executable.startswith(d + "/") for d in mounts.PRIVATE_DIRS):
+            raise PymosixError(
+                f"pymosix runs from {sys.executable}, but bed nodes have a /tmp, /var/tmp and "
+                "/dev/shm of their own and cannot see it: install pymosix elsewhere (/opt/pymosix)"
+            )
         down(name)
         tag = bed_tag(name)
         state = ROOT / name
