@@ -29,6 +29,7 @@ import psutil
 from pymosix.errors import CriuError, MigrationError
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
+from pymosix.migration.criu import resume_dumped
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.pages import page_socketpair, relay_pages
 
@@ -366,7 +367,7 @@ class HostedJob:
         async with self._moving:
             if self.state != "running":
                 raise MigrationError(f"job {self.meta.home_pid} is {self.state}")
-            reason = cantmove(self.pid)
+            reason = cantmove(self.pid, criu_version=self.engine.criu.version())
             if reason:
                 raise MigrationError(f"job {self.meta.home_pid} cannot move: {reason}")
             t_begin = time.monotonic()
@@ -472,8 +473,7 @@ class HostedJob:
             elif leftover:
                 self.pending_in[:0] = leftover
             if frozen:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGCONT)
+                resume_dumped(self.pid)  # TCP sockets out of repair mode, then SIGCONT
             self._watch_output()
             self._in_paused = False
             self._in_ready.set()
