@@ -283,7 +283,7 @@ def cantmove(
                 and not os.path.lexists(target)
             ):
                 return f"process {p} has {target} open, which other nodes cannot see at that path"
-    version = ".".join(map(str, criu_version))
+    version = f"CRIU {'.'.join(map(str, criu_version))}" if criu_version else "this CRIU"
     # Listeners first: their queued connections are the cause, not the clients' end of them.
     ordered = sorted(sockets, key=lambda i: i not in inet or inet[i].state != _TCP_LISTEN)
     for inode in ordered:
@@ -295,7 +295,7 @@ def cantmove(
             kind = "packet" if s is None else s.kind
             article = "an" if kind == "ICMP" else "a"
             return (
-                f"process {p} holds {article} {kind} socket (fd {fd}); CRIU {version} cannot "
+                f"process {p} holds {article} {kind} socket (fd {fd}); {version} cannot "
                 f"dump inet sockets on Linux >= {'.'.join(map(str, INET_BROKEN_KERNEL))} "
                 "(CRIU >= 4.2 can)"
             )
