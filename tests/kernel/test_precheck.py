@@ -164,8 +164,8 @@ def broke(bare: Bare) -> bool:
     return bare.step != "ran" or not bare.lines or bare.lines[-1].startswith("broken")
 
 
-@pytest.fixture
-def servers() -> Iterator[list[subprocess.Popen[bytes]]]:
+@pytest.fixture(name="servers")
+def _servers() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Processes outside any job (peers of jobs); killed after the test."""
     started: list[subprocess.Popen[bytes]] = []
     try:
@@ -174,10 +174,12 @@ def servers() -> Iterator[list[subprocess.Popen[bytes]]]:
         for p in started:
             p.kill()
             p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
 
 
-@pytest.fixture
-def criu42() -> None:
+@pytest.fixture(name="criu42")
+def _criu42() -> None:
     version = CriuDriver().version()
     if version < (4, 2):
         pytest.skip(f"needs CRIU >= 4.2 (PYMOSIX_CRIU); this one is {version}")
