@@ -186,6 +186,8 @@ def connecting(kind: str, addr: str, port: int) -> str:
     """A job whose `conn` goes to addr:port (outside the job), one round trip a round."""
     if kind == "udp":
         make = "conn = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); conn.connect(ADDR)"
+    elif kind == "unix":
+        make = "conn = socket.socket(socket.AF_UNIX); conn.connect(ADDR[0])"
     else:
         make = "conn = socket.create_connection(ADDR)"
     setup = f"ADDR = ({addr!r}, {port})\n{make}\nconn.settimeout(2)"
@@ -225,3 +227,16 @@ def test_a_loopback_udp_socket_connected_outside_the_job_is_refused(
     refused_and_stays(job, "holds a UDP socket connected to 127.0.0.1:5353 outside the job")
     bare = bare_criu(bed, job)
     assert broke(bare), bare
+
+
+def test_a_unix_socket_connected_outside_the_job_is_refused(
+    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]]
+) -> None:
+    bed = make_bed(2)
+    path = str(bed.shared_dir / "service.sock")  # say, a daemon's socket on the home node
+    serve(bed, 1, servers, "unix", path)
+    job = start(bed, jobs, connecting("unix", path, 0))
+    refused_and_stays(job, f"holds a unix socket connected to {path} outside the job")
+    bare = bare_criu(bed, job)
+    assert bare.step == "dump", bare
+    assert "External socket" in bare.said, bare

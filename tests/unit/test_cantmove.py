@@ -47,6 +47,7 @@ class FakeProc:
         (self.root / "sys" / "kernel").mkdir(parents=True)
         (self.root / "sys" / "kernel" / "osrelease").write_text(kernel + "\n")
         self.tables: dict[str, str] = {}
+        self.unix: dict[str, tuple[str, str]] = {}
         self.process(100)
 
     def process(self, pid: int, parent: int | None = None, tracer: int = 0, maps: str = "") -> Path:
@@ -84,7 +85,7 @@ class FakeProc:
             self.fd(pid, fd, f"socket:[{inode}]")
 
     def why(self, criu: tuple[int, ...] = (4, 2, 1)) -> str | None:
-        return cantmove(100, self.root, criu_version=criu)
+        return cantmove(100, self.root, criu_version=criu, unix=self.unix)
 
 
 ANY4 = hex4("0.0.0.0", 0)
@@ -226,6 +227,19 @@ def test_packet_and_icmp_sockets_with_criu_41(proc: FakeProc) -> None:
     old = FakeProc(proc.root.parent / "old", kernel="6.12.1")
     old.sock("icmp", 90, ANY4, ANY4, CLOSE)
     assert old.why((4, 1, 1)) is None  # before 6.16, 4.1 dumps inet sockets
+
+
+def test_unix_sockets_within_the_job_pass_and_to_outside_are_refused(proc: FakeProc) -> None:
+    proc.fd(100, 3, "socket:[200]")
+    proc.fd(100, 4, "socket:[201]")
+    proc.unix = {"200": ("201", ""), "201": ("200", "")}  # a socketpair
+    assert proc.why() is None
+    proc.fd(100, 5, "socket:[202]")
+    proc.unix["202"] = ("300", "/run/dbus/system_bus_socket")
+    assert proc.why() == (
+        "process 100 (fd 5) holds a unix socket connected to /run/dbus/system_bus_socket "
+        "outside the job"
+    )
 
 
 def test_other_reasons(tmp_path: Path) -> None:

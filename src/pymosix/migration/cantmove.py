@@ -7,14 +7,17 @@ System V IPC (the job has its own IPC namespace), memfd and shared memory, symli
 sockets, listening and unbound sockets, UDP. docs/migration.md has the table, checked with
 bare CRIU in pymosix's order by tests/kernel/test_precheck.py and test_sockets.py.
 
-Reads /proc only; the proc root is a parameter so tests feed a fake one.
+Reads /proc, and the kernel's sock_diag for unix peers (which /proc does not show); the proc
+root and the unix peers are parameters so tests feed fake ones.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +179,60 @@ def _peers(s: InetSocket, p: InetSocket) -> bool:
     return p.remote == s.local or (s.kind != "TCP" and p.remote[1] == 0)
 
 
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLMSG_ERROR, _NLMSG_DONE = 4, 20, 2, 3
+_UDIAG_SHOW_NAME, _UDIAG_SHOW_PEER, _UNIX_DIAG_NAME, _UNIX_DIAG_PEER = 1, 4, 0, 2
+
+
+def _unix_name(raw: bytes) -> str:
+    """A unix socket's bound name as ss shows it: a path, or @name in the abstract namespace."""
+    if raw.startswith(b"\0"):
+        return "@" + raw[1:].decode(errors="replace")
+    return raw.rstrip(b"\0").decode(errors="replace")
+
+
+def unix_peers() -> dict[str, tuple[str, str]]:
+    """For each connected unix socket of this network namespace: inode -> (its peer's inode,
+    the peer's bound name or ""), from a sock_diag dump (ss -x asks the same)."""
+    req = struct.pack(
+        "=BBHIIIII",
+        socket.AF_UNIX,
+        0,
+        0,
+        0xFFFFFFFF,
+        0,
+        _UDIAG_SHOW_NAME | _UDIAG_SHOW_PEER,
+        0xFFFFFFFF,
+        0xFFFFFFFF,
+    )
+    head = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, 0x301, 1, 0)  # REQUEST|DUMP
+    names: dict[int, str] = {}
+    peers: dict[int, int] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+        nl.sendto(head + req, (0, 0))
+        done = False
+        while not done:
+            data, off = nl.recv(1 << 16), 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind in (_NLMSG_DONE, _NLMSG_ERROR) or length < 16:
+                    done = True
+                    break
+                msg = data[off + 16 : off + length]
+                ino, at = struct.unpack_from("=I", msg, 4)[0], 16  # after struct unix_diag_msg
+                while at + 4 <= len(msg):
+                    alen, atype = struct.unpack_from("=HH", msg, at)
+                    if alen < 4:
+                        break
+                    value = msg[at + 4 : at + alen]
+                    if atype == _UNIX_DIAG_NAME:
+                        names[ino] = _unix_name(value)
+                    elif atype == _UNIX_DIAG_PEER and len(value) >= 4:
+                        peers[ino] = struct.unpack_from("=I", value)[0]
+                    at += (alen + 3) & ~3
+                off += (length + 3) & ~3
+    return {str(i): (str(p), names.get(p, "")) for i, p in peers.items() if p}
+
+
 def process_owner(pid: int, proc: Path = Path("/proc")) -> tuple[int, int] | None:
     """The real (uid, gid) of a process, or None if it is gone."""
     ids: dict[str, int] = {}
@@ -245,9 +302,15 @@ def _own_ipc(proc: Path, pid: int) -> bool:
 
 
 def cantmove(
-    pid: int, proc: Path = Path("/proc"), criu_version: tuple[int, ...] = INET_FIXED_CRIU
+    pid: int,
+    proc: Path = Path("/proc"),
+    criu_version: tuple[int, ...] = INET_FIXED_CRIU,
+    unix: dict[str, tuple[str, str]] | None = None,
 ) -> str | None:
-    """The reason the job rooted at `pid` cannot migrate with this CRIU, or None."""
+    """The reason the job rooted at `pid` cannot migrate with this CRIU, or None.
+
+    unix: `unix_peers()` of the job's network namespace, asked when not given.
+    """
     pids = tree_pids(pid, proc)
     fds = {p: _fds(proc, p) for p in pids}
     sockets = {t[8:-1]: (p, fd) for p in pids for fd, t in fds[p] if t.startswith("socket:[")}
@@ -290,7 +353,18 @@ def cantmove(
         p, fd = sockets[inode]
         s = inet.get(inode)
         if s is None and inode not in packet:
-            continue  # unix and netlink sockets: CRIU dumps them with the job
+            # Unix and netlink sockets: CRIU dumps them with the job, unless a unix socket's
+            # other end is outside it ("External socket is used").
+            if unix is None:
+                try:
+                    unix = unix_peers()
+                except OSError:
+                    unix = {}
+            peer, name = unix.get(inode, ("", ""))
+            if peer and peer not in sockets:
+                where = name or "an unnamed socket"
+                return f"process {p} (fd {fd}) holds a unix socket connected to {where} outside the job"
+            continue
         if not inet_ok:
             kind = "packet" if s is None else s.kind
             article = "an" if kind == "ICMP" else "a"
