@@ -14,7 +14,7 @@ import signal
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +50,12 @@ def looping(setup: str, each: str = "pass") -> str:
     )
 
 
-def start(bed: TestBed, jobs: list[Job], program: str, user: str | None = None) -> Job:
+def start(
+    bed: TestBed, jobs: list[Job], program: str, user: str | None = None, args: Sequence[str] = ()
+) -> Job:
     """The job on node1, counting (its state is set up by then)."""
-    job = Job(bed, 1, ["python3", "-c", program], user=user, cwd=str(bed.shared_dir))
+    argv = ["python3", "-c", program, *args]
+    job = Job(bed, 1, argv, user=user, cwd=str(bed.shared_dir))
     jobs.append(job)
     job.counts(2)
     return job

@@ -212,10 +212,12 @@ def end_tcp_repair(pid: int) -> int:
 
 
 def resume_dumped(pid: int) -> None:
-    """Let a job that was dumped with -s go on here (the rollback of a failed move)."""
+    """Let a job that was dumped with -s go on here (the rollback of a failed move): its TCP
+    sockets out of repair mode, then every process of it continued (dump -s stopped each)."""
     end_tcp_repair(pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
+    for p in tree_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGCONT)
 
 
 class CriuDriver:
