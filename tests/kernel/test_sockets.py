@@ -215,14 +215,18 @@ def connecting(kind: str, addr: str, port: int) -> str:
     return looping(setup, ROUND_TRIP.replace("conn.sendall", "conn.send"))
 
 
-def test_a_tcp_connection_to_another_host_is_refused_naming_the_peer(
-    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]]
+@pytest.mark.parametrize(
+    ("kind", "what"), [("tcp", "a TCP connection to"), ("udp", "a UDP socket connected to")]
+)
+def test_a_connection_to_another_host_is_refused_naming_the_peer(
+    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]], kind: str, what: str
 ) -> None:
     bed = make_bed(2)
     peer = bed.node(2).address
-    serve(bed, 2, servers, "tcp", peer, 7100)
-    job = start(bed, jobs, connecting("tcp", peer, 7100))
-    refused_and_stays(job, f"holds a TCP connection to {peer}:7100; it would break on another node")
+    serve(bed, 2, servers, kind, peer, 7100)
+    job = start(bed, jobs, connecting(kind, peer, 7100))
+    refused_and_stays(job, f"holds {what} {peer}:7100; it would break on another node")
+    # Its local address is node1's: it cannot even be bound on node2.
     bare = bare_criu(bed, job)
     assert bare.step == "restore", bare
     assert "Cannot assign requested address" in bare.said, bare
