@@ -91,6 +91,13 @@ class ControlServer:
     def ops(self) -> list[str]:
         return sorted(self._handlers)
 
+    def handler(self, op: str) -> Handler:
+        """The handler of `op`, for callers in the agent that act for a user (the web monitor)."""
+        try:
+            return self._handlers[op]
+        except KeyError:
+            raise PymosixError(f"unknown op {op!r} (known: {', '.join(self.ops)})") from None
+
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):

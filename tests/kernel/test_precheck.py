@@ -5,6 +5,7 @@ holds still works there (System V shm, memfd shared between processes, symlinks,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -183,7 +184,7 @@ def _servers() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 @pytest.fixture(name="criu42")
 def _criu42() -> None:
-    version = CriuDriver().version()
+    version = asyncio.run(CriuDriver().version())
     if version < (4, 2):
         pytest.skip(f"needs CRIU >= 4.2 (PYMOSIX_CRIU); this one is {version}")
 
@@ -369,7 +370,7 @@ INET = looping('udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind
 def test_criu_41_cannot_dump_inet_sockets_on_this_kernel(
     make_bed: MakeBed, jobs: list[Job], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not CRIU_41 or CriuDriver(CRIU_41).version()[:2] != (4, 1):
+    if not CRIU_41 or asyncio.run(CriuDriver(CRIU_41).version())[:2] != (4, 1):
         pytest.skip(f"no CRIU 4.1 given (PYMOSIX_CRIU41={CRIU_41!r})")
     release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
     if release < (6, 16):
