@@ -210,28 +210,3 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
     assert job.node() == 0x640C
     job.drain_ints()
     job.counts(2)
-
-
-TCP = counting(
-    "import socket\n"
-    'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()\n'
-    "cli = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()"
-)
-
-
-def test_job_holding_a_tcp_connection_is_refused_and_keeps_running(
-    make_bed: MakeBed, jobs: list[Job]
-) -> None:
-    bed = make_bed(2)
-    job = Job(bed, 1, ["python3", "-c", TCP])
-    jobs.append(job)
-    job.counts(2)
-    r = job.migrate("0x640c")
-    assert r.returncode != 0
-    assert "TCP" in r.stderr, r.stderr
-    assert "cannot move" in r.stderr
-    assert job.node() == 0x640B
-    a = job.drain_ints()
-    b = job.counts(3)
-    seq = a + b
-    assert all(y == x + 1 for x, y in itertools.pairwise(seq))

@@ -1,4 +1,4 @@
-"""Pure and near-pure parts of migration: mosrun's options, cantmove on a fake /proc, links,
+"""Pure and near-pure parts of migration: mosrun's options, links,
 the job metadata that travels, and the control socket's handling of bad input."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 from pymosix.cli.mosrun import exit_status, parse_args, request
 from pymosix.control_server import ControlConnection, ControlServer
 from pymosix.errors import PymosixError
-from pymosix.migration.cantmove import cantmove
 from pymosix.migration.hosted import JobMeta
 from pymosix.migration.link import Frame, LocalLink
 
@@ -59,51 +58,6 @@ def test_mosrun_bad_options(args: list[str], message: str) -> None:
 def test_exit_status_like_a_shell() -> None:
     assert exit_status({"code": 7, "signal": None}) == 7
     assert exit_status({"code": None, "signal": 15}) == 143
-
-
-def fake_job(
-    tmp_path: Path, fds: dict[str, str], maps: str = "", tracer: int = 0, tcp_inode: str = ""
-) -> Path:
-    proc = tmp_path / "proc"
-    base = proc / "100"
-    (base / "fd").mkdir(parents=True)
-    (base / "task" / "100").mkdir(parents=True)
-    (base / "task" / "100" / "children").write_text("")
-    (base / "status").write_text(f"Name:\tjob\nTracerPid:\t{tracer}\n")
-    (base / "maps").write_text(maps)
-    (base / "net").mkdir()
-    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-    row = (
-        f"   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {tcp_inode} 1 0\n"
-        if tcp_inode
-        else ""
-    )
-    (base / "net" / "tcp").write_text(header + row)
-    for fd, target in fds.items():
-        os.symlink(target, base / "fd" / fd)
-    return proc
-
-
-def test_cantmove_finds_the_reasons(tmp_path: Path) -> None:
-    assert cantmove(100, fake_job(tmp_path / "a", {"0": "pipe:[1]", "1": "/dev/null"})) is None
-    tcp = cantmove(100, fake_job(tmp_path / "b", {"3": "socket:[4242]"}, tcp_inode="4242"))
-    assert tcp is not None
-    assert "TCP" in tcp
-    assert cantmove(100, fake_job(tmp_path / "c", {"3": "socket:[7]"})) is None  # a unix socket
-    shm = cantmove(
-        100, fake_job(tmp_path / "d", {}, maps="7f00-7f01 rw-s 0 00:01 5 /SYSV00000000 (deleted)\n")
-    )
-    assert shm is not None
-    assert "System V" in shm
-    traced = cantmove(100, fake_job(tmp_path / "e", {}, tracer=42))
-    assert traced is not None
-    assert "traced" in traced
-    dev = cantmove(100, fake_job(tmp_path / "f", {"4": "/dev/nvidia0"}))
-    assert dev is not None
-    assert "device /dev/nvidia0" in dev
-    gone = cantmove(100, fake_job(tmp_path / "g", {"5": "/nonexistent/data.txt"}))
-    assert gone is not None
-    assert "cannot see" in gone
 
 
 def test_job_meta_round_trip() -> None:

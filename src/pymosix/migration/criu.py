@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
+import signal
 import socket
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,6 +22,7 @@ from pathlib import Path
 from pymosix.config import find_criu
 from pymosix.errors import CriuError
 from pymosix.install import setup_fix
+from pymosix.migration.cantmove import tree_pids
 
 #: Lines of a criu log that say what went wrong, best first.
 _ERROR_LINE = re.compile(r"\bError\b|\(\d+\.\d+\) Error|Can't|can't|Unable|failed", re.IGNORECASE)
@@ -96,16 +99,27 @@ def make_images_dir(prefix: str = "pmx-img-", root: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
+#: TCP connections are dumped and restored (in repair mode): cantmove lets through only those
+#: with both ends in the job, over loopback. Always given: without connections they change
+#: nothing, and the target cannot tell beforehand whether an image holds any.
+TCP_ARGS = ("--tcp-established",)
+
+
 def dump_args(
     pid: int, images: Path, log: Path, leave_stopped: bool = True, page_socket: int | None = None
 ) -> list[str]:
     """criu arguments to freeze and dump the tree whose namespace init is `pid`.
 
     With page_socket the pages go to a page server over that connected socket, not into images.
+    No network lock (``--network-lock skip``, recorded in the image for the restore too): both
+    ends of every connection are in the dump and frozen, so nothing can change a connection
+    while it is dumped; criu's default lock needs iptables in the node's namespace, and after a
+    dump with -s criu leaves the lock in place (it unlocks only for a job that goes on).
     """
     # The job's own mount namespace (spawn.py) goes in the image; every mount in it is a copy
     # of one of the agent's, so all are external: the target binds its own at the same paths.
-    args = ["dump", "-t", str(pid), "-D", str(images), "--external", "mnt[]"]
+    args = ["dump", "-t", str(pid), "-D", str(images), "--external", "mnt[]", *TCP_ARGS]
+    args += ["--network-lock", "skip"]
     if leave_stopped:
         args.append("-s")
     if page_socket is not None:
@@ -131,11 +145,79 @@ def restore_args(
     args += ["--root", "/", "--external", "mnt[]"]
     # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
     args.append("--manage-cgroups=ignore")
+    args += TCP_ARGS
     if join_netns:
         args += ["--join-ns", f"net:{join_netns}"]
     for fd, key in inherit_fds.items():
         args += ["--inherit-fd", f"fd[{fd}]:{key}"]
     return [*args, "-v4", "-o", str(log)]
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """(4, 2, 1) from `criu --version`'s "Version: 4.2.1" line; () if there is none."""
+    for line in text.splitlines():
+        if line.startswith("Version:"):
+            nums = []
+            for part in line.split(":", 1)[1].strip().split("."):
+                digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+                if not digits:
+                    break
+                nums.append(int(digits))
+            return tuple(nums)
+    return ()
+
+
+#: setsockopt level and option that put a TCP socket in and out of repair mode (linux/tcp.h).
+_SOL_TCP, _TCP_REPAIR, _TCP_REPAIR_OFF = 6, 19, 0
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (the unified table)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def end_tcp_repair(pid: int) -> int:
+    """Take the job's TCP sockets out of repair mode; returns how many were in it.
+
+    criu dump --tcp-established puts each connection in repair mode and, after a dump with -s,
+    leaves it so (it expects the job to be killed): a job resumed after a failed move would
+    find its connections dead. The sockets are fetched with pidfd_getfd(2) and switched back,
+    which also sends the window probe that restarts a stalled flow.
+    """
+    fixed = 0
+    for p in tree_pids(pid):
+        try:
+            pidfd = os.pidfd_open(p)
+        except OSError:
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    if not os.readlink(f"/proc/{p}/fd/{fd}").startswith("socket:["):
+                        continue
+                    ours = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+                    if ours < 0:
+                        continue
+                    with socket.socket(fileno=ours) as sk:
+                        if sk.type != socket.SOCK_STREAM or sk.family not in (
+                            socket.AF_INET,
+                            socket.AF_INET6,
+                        ):
+                            continue
+                        if sk.getsockopt(_SOL_TCP, _TCP_REPAIR):
+                            sk.setsockopt(_SOL_TCP, _TCP_REPAIR, _TCP_REPAIR_OFF)
+                            fixed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    return fixed
+
+
+def resume_dumped(pid: int) -> None:
+    """Let a job that was dumped with -s go on here (the rollback of a failed move): its TCP
+    sockets out of repair mode, then every process of it continued (dump -s stopped each)."""
+    end_tcp_repair(pid)
+    for p in tree_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGCONT)
 
 
 class CriuDriver:
@@ -164,8 +246,7 @@ class CriuDriver:
                 stderr=asyncio.subprocess.STDOUT,
             )
             out, _ = await proc.communicate()
-            m = re.search(r"Version:\s*(\d+(?:\.\d+)*)", out.decode(errors="replace"))
-            self._version = tuple(int(x) for x in m.group(1).split(".")) if m else ()
+            self._version = parse_version(out.decode(errors="replace"))
         return self._version
 
     async def _run(
@@ -227,6 +308,7 @@ class CriuDriver:
                 raise CriuError(f"'{self.criu} {what}' fails: {last_error(text)}")
             if what == "--version":
                 version = next((ln for ln in text.splitlines() if ln.startswith("Version")), "")
+                self._version = parse_version(text)
         return f"{self.criu} {version.replace('Version: ', 'version ').strip()}"
 
     async def dump(

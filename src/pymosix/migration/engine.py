@@ -473,7 +473,12 @@ class MigrationEngine:
             raise PymosixError(f"job {pid} belongs to another user")
         why: str | None = None
         if hosted is not None and hosted.state == "running":
-            why = await asyncio.to_thread(cantmove, hosted.pid) or hosted.why
+            why = (
+                await asyncio.to_thread(
+                    cantmove, hosted.pid, criu_version=await self.criu.version()
+                )
+                or hosted.why
+            )
         elif home is not None:
             why = home.why
         return {"home_pid": pid, "why": why}

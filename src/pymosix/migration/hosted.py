@@ -30,6 +30,7 @@ from pymosix.errors import CriuError, MigrationError
 from pymosix.migration import cputime
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
+from pymosix.migration.criu import resume_dumped
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.moves import CannotMove, MoveStats, Refused
 from pymosix.migration.needs import gather
@@ -407,7 +408,7 @@ class HostedJob:
         async with self._moving:
             if self.state != "running":
                 raise MigrationError(f"job {self.meta.home_pid} is {self.state}")
-            why = cantmove(self.pid)
+            why = cantmove(self.pid, criu_version=await self.engine.criu.version())
             if why:
                 raise CannotMove(f"job {self.meta.home_pid} cannot move: {why}")
             t_begin = time.monotonic()
@@ -533,8 +534,7 @@ class HostedJob:
             elif leftover:
                 self.pending_in[:0] = leftover
             if frozen:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGCONT)
+                resume_dumped(self.pid)  # TCP sockets out of repair mode, then SIGCONT
             self._watch_output()
             self._in_paused = False
             self._in_ready.set()
