@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
@@ -86,6 +87,17 @@ def test_prometheus_endpoint(make_bed: MakeBed) -> None:
     bed = make_bed(2, extra_args=["--set", "metrics_port=9177"])
     wait_until("node1 hears node2", lambda: load_seen(bed, 1, 2) >= 0, 5.0)
     text = bed.exec(2, ["python3", "-c", FETCH]).stdout
-    assert 'pymosix_node_load{address="192.168.100.12",node_id="25612"}' in text
-    assert 'pymosix_datagrams_total{outcome="rejected_auth"}' in text
-    assert "pymosix_map_nodes 2.0" in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    names = {name for name, _ in samples}
+    # Each agent exports itself, and its view of the others under their own names.
+    assert {"pymosix_load", "pymosix_peer_load", "pymosix_node_up"} <= names, names
+    maps = {lb: v for (n, lb), v in samples.items() if n == "pymosix_map_nodes"}
+    assert maps == {(("node", "0x640b"),): 2.0}, maps
+    assert ("pymosix_peer_load", (("node", "0x640b"), ("peer", "0x640c"))) in samples
+    assert any(
+        n == "pymosix_datagrams_total" and ("outcome", "rejected_auth") in lb for n, lb in samples
+    )
