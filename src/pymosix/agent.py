@@ -30,8 +30,17 @@ from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
 from pymosix.mapfile import load_map
-from pymosix.membership import ClusterMap, MapChanged, change_message
-from pymosix.wire.envelope import Envelope, Kind, ReplayGuard, seal, unseal
+from pymosix.membership import ClusterMap, MapChanged, change_message, new_epoch
+from pymosix.offenders import AUTH, CLOCK, OffenderLog
+from pymosix.wire.envelope import (
+    Envelope,
+    Kind,
+    ReplayError,
+    ReplayGuard,
+    SkewError,
+    seal,
+    unseal,
+)
 from pymosix.wire.messages import Hello
 
 log = logging.getLogger("pymosix")
@@ -79,6 +88,10 @@ class Counters:
     rejected_malformed: int = 0
     rejected_auth: int = 0
     rejected_replay: int = 0
+    #: Authentic and new, but of an epoch that is over or not the sender's current one.
+    rejected_stale: int = 0
+    #: Authentic, but stamped further from this node's clock than max_clock_skew_ms.
+    rejected_clock: int = 0
     rejected_unknown: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -93,6 +106,8 @@ class Counters:
             self.rejected_malformed
             + self.rejected_auth
             + self.rejected_replay
+            + self.rejected_stale
+            + self.rejected_clock
             + self.rejected_unknown
         )
 
@@ -141,7 +156,8 @@ class NodeAgent:
         self.address, self.interface = resolve_address(config)
         self.node_id: NodeId = node_id_from_ip(self.address)
         self.key = self._load_key()
-        self.epoch = secrets.randbits(63)
+        # Later starts get larger epochs: a node comes back only with a fresh one (membership.py).
+        self.epoch = new_epoch(self.wall_ms(), secrets.randbits(32))
         self._seq = 0
         self.started_at = time.monotonic()
         self.cluster = ClusterMap(
@@ -151,10 +167,14 @@ class NodeAgent:
             now=time.monotonic(),
             gossip_port=config.gossip_port,
             migration_port=config.migration_port,
+            # As long as a capture can pass the timestamp check: the sender's clock may be off
+            # by max_clock_skew_ms one way and ours the other.
+            replay_horizon_s=2 * config.max_clock_skew_ms / 1000 + 1,
         )
         self.counters = Counters()
         self.flags = NodeFlags(speed=config.speed)
-        self.replay = ReplayGuard()
+        self.replay = ReplayGuard(max_skew_ms=config.max_clock_skew_ms)
+        self.offenders = OffenderLog(max_skew_ms=config.max_clock_skew_ms)
         self.control = ControlServer(config.socket_path)
         self.components: list[Component] = []
         self.map_listeners: list[Callable[[MapChanged], None]] = []
@@ -195,6 +215,10 @@ class NodeAgent:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall_ms(self) -> int:
+        """Wall-clock milliseconds as this node stamps them (test_clock_offset_ms: tests only)."""
+        return int(time.time() * 1000) + self.config.test_clock_offset_ms
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -270,7 +294,7 @@ class NodeAgent:
 
     def _seal(self, kind: int, payload: dict[str, Any]) -> bytes:
         self._seq += 1
-        env = Envelope(kind, self.node_id, self.epoch, self._seq, int(time.time() * 1000), payload)
+        env = Envelope(kind, self.node_id, self.epoch, self._seq, self.wall_ms(), payload)
         return seal(self.key, env)
 
     def _multicast(self, kind: int, payload: dict[str, Any]) -> None:
@@ -308,7 +332,8 @@ class NodeAgent:
     # --- receiving -------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, source: str) -> None:
-        """Every datagram: size, tag, replay, then dispatch. Nothing unauthenticated is acted on."""
+        """Every datagram: size, tag, replay, epoch, then dispatch. Nothing unauthenticated is
+        acted on; what fails authentication or the clock check is warned about (offenders.py)."""
         self.counters.received += 1
         self.counters.bytes_received += len(data)
         try:
@@ -318,12 +343,18 @@ class NodeAgent:
             self.counters.rejected_malformed += 1
             log.debug("rejected a datagram from %s: %s", source, e)
             return
-        except AuthError as e:
-            if "replay" in str(e) or "seen before" in str(e) or "too old" in str(e):
-                self.counters.rejected_replay += 1
-            else:
-                self.counters.rejected_auth += 1
+        except ReplayError as e:
+            self.counters.rejected_replay += 1
             log.debug("rejected a datagram from %s: %s", source, e)
+            return
+        except SkewError as e:
+            self.counters.rejected_clock += 1
+            self._offence(source, CLOCK, e.offset_ms, e.sender)
+            return
+        except AuthError as e:
+            self.counters.rejected_auth += 1
+            log.debug("rejected a datagram from %s: %s", source, e)
+            self._offence(source, AUTH)
             return
         if env.sender == self.node_id and env.epoch == self.epoch:
             return  # our own multicast, looped back
@@ -332,8 +363,17 @@ class NodeAgent:
         except DecodeError as e:
             self.counters.rejected_malformed += 1
             log.debug("rejected a datagram from %s: %s", source, e)
+        self.counters.rejected_stale = self.cluster.stale
+
+    def _offence(
+        self, source: str, cause: str, offset_ms: int = 0, node_id: int | None = None
+    ) -> None:
+        warning = self.offenders.record(source, cause, self.now(), offset_ms, node_id)
+        if warning is not None:
+            log.warning("refusing datagrams from %s", warning)
 
     def _dispatch(self, env: Envelope, source: str) -> None:
+        sender = NodeId(env.sender)
         if env.kind == Kind.HELLO:
             hello = Hello.from_payload(env.payload)
             if node_id_from_ip(hello.address) != env.sender:
@@ -343,7 +383,7 @@ class NodeAgent:
                 return
             self._apply(
                 self.cluster.heard(
-                    NodeId(env.sender),
+                    sender,
                     hello.address,
                     env.epoch,
                     self.now(),
@@ -352,13 +392,16 @@ class NodeAgent:
                 )
             )
             if (env.sender, hello.address) in self.cluster.conflicts:
-                self._report_conflict(NodeId(env.sender))
+                self._report_conflict(sender)
         elif env.kind == Kind.BYE:
             address = env.payload.get("a")
-            if isinstance(address, str):
-                self._apply(self.cluster.left(NodeId(env.sender), address))
-                self.replay.forget(env.sender)
+            if not isinstance(address, str):
+                raise DecodeError("bye without an address")
+            # Ends only the epoch it names; the replay window stays (a reset one reopens).
+            self._apply(self.cluster.left(sender, address, env.epoch, self.now()))
         elif (handler := self._handlers.get(env.kind)) is not None:
+            if not self.cluster.admits(sender, env.epoch, self.now()):
+                return  # not a current member, or an old epoch of one: counted as stale
             if env.kind == Kind.LOAD:
                 self.counters.load_received += 1
             handler(env, source)
@@ -408,6 +451,7 @@ class NodeAgent:
                 for n in self.cluster.nodes()
             ],
             "conflicts": [asdict(c) for c in self.cluster.conflicts.values()],
+            "offenders": self.offenders.to_json(self.now()),
         }
 
     async def _op_status(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
@@ -425,6 +469,8 @@ class NodeAgent:
             "map_file": str(self.config.map_file) if self.config.map_file else None,
             "key_file": str(self.config.key_file),
             "conflicts": len(self.cluster.conflicts),
+            "offenders": self.offenders.to_json(self.now()),
+            "max_clock_skew_ms": self.config.max_clock_skew_ms,
             "flags": asdict(self.flags),
         }
 
