@@ -25,7 +25,7 @@ import psutil
 
 from pymosix import __version__
 from pymosix.config import NodeConfig
-from pymosix.control_server import ControlConnection, ControlServer
+from pymosix.control_server import ControlConnection, ControlServer, Limits
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
@@ -175,7 +175,15 @@ class NodeAgent:
         self.flags = NodeFlags(speed=config.speed)
         self.replay = ReplayGuard(max_skew_ms=config.max_clock_skew_ms)
         self.offenders = OffenderLog(max_skew_ms=config.max_clock_skew_ms)
-        self.control = ControlServer(config.socket_path)
+        self.control = ControlServer(
+            config.socket_path,
+            Limits(
+                connections_per_uid=config.control_max_connections_per_uid,
+                connections=config.control_max_connections,
+                requests_per_uid=config.control_max_requests_per_uid,
+                idle_timeout_s=config.control_idle_timeout_ms / 1000,
+            ),
+        )
         self.components: list[Component] = []
         self.map_listeners: list[Callable[[MapChanged], None]] = []
         self._handlers: dict[int, DatagramHandler] = {}
@@ -273,6 +281,16 @@ class NodeAgent:
     # --- sockets ---------------------------------------------------------------------------
 
     async def _open_sockets(self) -> None:
+        try:
+            await self._open_datagram_sockets()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot open the datagram sockets at {self.address} (ports "
+                f"{self.config.gossip_port}, {self.config.mcast_port}): {e.strerror}; "
+                "is another agent running here? (else change gossip_port / mcast_port)"
+            ) from None
+
+    async def _open_datagram_sockets(self) -> None:
         loop = asyncio.get_running_loop()
         uni = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         uni.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -471,6 +489,7 @@ class NodeAgent:
             "conflicts": len(self.cluster.conflicts),
             "offenders": self.offenders.to_json(self.now()),
             "max_clock_skew_ms": self.config.max_clock_skew_ms,
+            "control": self.control.stats(),
             "flags": asdict(self.flags),
         }
 
