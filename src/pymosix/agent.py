@@ -225,7 +225,7 @@ class NodeAgent:
         return time.monotonic()
 
     def wall_ms(self) -> int:
-        """Wall-clock milliseconds as this node stamps them (test_clock_offset_ms: tests only)."""
+        """Wall-clock milliseconds as this node stamps and checks them (the offset: tests only)."""
         return int(time.time() * 1000) + self.config.test_clock_offset_ms
 
     # --- life cycle ------------------------------------------------------------------------
@@ -356,7 +356,7 @@ class NodeAgent:
         self.counters.bytes_received += len(data)
         try:
             env = unseal(self.key, data)
-            self.replay.check(env, int(time.time() * 1000))
+            self.replay.check(env, self.wall_ms())
         except DecodeError as e:
             self.counters.rejected_malformed += 1
             log.debug("rejected a datagram from %s: %s", source, e)
