@@ -90,9 +90,7 @@ class Budget:
         return None
 
     def close(self, uid: int) -> None:
-        self.connections[uid] -= 1
-        if self.connections[uid] <= 0:
-            del self.connections[uid]
+        _drop(self.connections, uid)
 
     def start_request(self, uid: int) -> str | None:
         if uid != 0 and self.requests[uid] >= self.limits.requests_per_uid:
@@ -104,13 +102,17 @@ class Budget:
         return None
 
     def end_request(self, uid: int) -> None:
-        self.requests[uid] -= 1
-        if self.requests[uid] <= 0:
-            del self.requests[uid]
+        _drop(self.requests, uid)
 
     def _refuse(self, reason: str) -> str:
         self.refused += 1
         return reason
+
+
+def _drop(counter: Counter[int], uid: int) -> None:
+    counter[uid] -= 1
+    if counter[uid] <= 0:
+        del counter[uid]
 
 
 def _reject_constant(name: str) -> Any:
