@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import socket
 import struct
 import time
@@ -250,9 +251,29 @@ class ControlServer:
                 f"cannot make the control socket {self.path}: {e.strerror} "
                 "(run the agent as root, or set socket_path)"
             ) from None
+        self._raise_fd_limit()
         loop = asyncio.get_running_loop()
         for sock in self._listeners:
             loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _raise_fd_limit(self) -> None:
+        """Room for every connection the budgets allow, and for the rest of the agent, so that
+        the budgets, not EMFILE, say no (a service's soft limit is often 1024)."""
+        lim = self.budget.limits
+        want = lim.connections + lim.root_connections + 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY and soft < want:
+            log.warning(
+                "control socket: only %d open files allowed (RLIMIT_NOFILE) but the budgets "
+                "allow %d connections; raise LimitNOFILE or lower control_max_connections",
+                soft,
+                want - 1024,
+            )
 
     @staticmethod
     def _listen(path: Path, mode: int) -> socket.socket:
