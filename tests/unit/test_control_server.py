@@ -160,3 +160,27 @@ def test_over_budget_connections_are_refused_with_one_line(tmp_path: Path) -> No
             await srv.stop()
 
     asyncio.run(main())
+
+
+def test_a_full_queue_is_one_line_for_the_client_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)  # an agent that accepts nothing: its queue fills at once
+    fillers: list[socket.socket] = []
+    try:
+        while True:
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            fillers.append(s)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                break
+        with pytest.raises(PymosixError, match="not taking connections") as e:
+            ControlClient(path, timeout_s=0.3)
+        assert "\n" not in str(e.value)
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
