@@ -1,7 +1,9 @@
 # pymosix: `make demo` runs the seed's walk-through, `make test` runs every check.
 # Both begin with `make setup`, which installs whatever is missing and is quick when nothing is.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The system's Python where there is one: its venv is usable by every user (the tests run the
+# tools as unprivileged users), unlike an interpreter under root's home.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -14,7 +16,7 @@ setup: $(STAMP) $(CRIU_STAMP)
 
 $(STAMP): pyproject.toml scripts/setup-system.sh
 	@bash scripts/setup-system.sh
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.base_prefix.startswith("/root"))' 2>/dev/null || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import pwd
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pymosix.testbed import TestBed
+
+if TYPE_CHECKING:
+    from tests.kernel.jobs import Job
 
 
 @pytest.fixture
@@ -44,3 +52,72 @@ def wait_until(
         if time.monotonic() - start > timeout_s:
             pytest.fail(f"not within {timeout_s} s: {what}", pytrace=False)
         time.sleep(poll_s)
+
+
+@pytest.fixture
+def jobs() -> Iterator[list[Job]]:
+    """A list to put started Jobs in; each is killed and reaped after the test."""
+    started: list[Job] = []
+    try:
+        yield started
+    finally:
+        for j in started:
+            j.finish()
+
+
+def _userdel(name: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, timeout=10, check=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = subprocess.run(["userdel", "-r", name], capture_output=True, timeout=30, check=False)
+        if r.returncode in (0, 6):  # 6: no such user
+            return
+        time.sleep(0.1)  # 8: still logged in, while its last processes die
+    pytest.fail(f"could not remove the test user {name}", pytrace=False)
+
+
+@pytest.fixture
+def make_user() -> Iterator[Callable[..., str]]:
+    """make_user(uid=None) -> the name of a new unprivileged user, removed after the test.
+
+    Fails at once, naming the cause, if the user cannot run this venv's Python (an interpreter
+    under root's 0700 home, as pyenv's is): every tool would fail as that user.
+    """
+    made: list[str] = []
+
+    def make(uid: int | None = None) -> str:
+        name = f"pmxu{secrets.token_hex(3)}"
+        argv = ["useradd", "--create-home", "--shell", "/bin/sh", "--user-group", name]
+        if uid is not None:
+            argv[1:1] = ["--uid", str(uid)]
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        made.append(name)
+        pw = pwd.getpwnam(name)
+        become = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]
+        r = subprocess.run(
+            [*become, sys.executable, "-c", "import pymosix"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if r.returncode != 0:
+            pytest.fail(
+                f"user {name} cannot run {sys.executable} ({r.stderr.strip()[-200:]}): "
+                "make the venv with the system's Python (make setup does)",
+                pytrace=False,
+            )
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            with contextlib.suppress(subprocess.SubprocessError):
+                _userdel(name)
+
+
+@pytest.fixture
+def user(make_user: Callable[..., str]) -> str:
+    """One unprivileged user for the test."""
+    return make_user()

@@ -5,99 +5,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
+from tests.kernel.jobs import COUNTER, STEP, Job, MakeBed
 
 pytestmark = pytest.mark.kernel
-
-MakeBed = Callable[..., TestBed]
-STEP = 500_000
-COUNTER = f'$|=1; $i=1; while($i) {{ $i++; print "$i\\n" if $i % {STEP} == 0; }}'
-
-
-class Job:
-    """mosrun CMD started at a node of the bed, its output read in the background."""
-
-    def __init__(self, bed: TestBed, node: int, argv: list[str], stdin: bool = False) -> None:
-        self.bed = bed
-        self.home = node
-        self.proc = bed.popen(
-            node,
-            ["mosrun", *argv],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: queue.Queue[bytes] = queue.Queue()
-        self.out = bytearray()
-        self._t = threading.Thread(target=self._pump, daemon=True)
-        self._t.start()
-        wait_until("the job to start", lambda: self.row() is not None, 10.0)
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in iter(self.proc.stdout.readline, b""):
-            self.out += line
-            self.lines.put(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def row(self) -> dict[str, object] | None:
-        jobs = json.loads(self.bed.exec(self.home, ["mps", "--json"]).stdout)["jobs"]
-        return next((j for j in jobs if j["home_pid"] == self.pid), None)
-
-    def node(self) -> int:
-        row = self.row()
-        assert row is not None
-        return int(str(row["node"]))
-
-    def migrate(self, target: str) -> subprocess.CompletedProcess[str]:
-        return self.bed.exec(self.home, ["migrate", str(self.pid), target])
-
-    def next_int(self, timeout_s: float = 20.0) -> int:
-        return int(self.lines.get(timeout=timeout_s))
-
-    def counts(self, n: int) -> list[int]:
-        return [self.next_int() for _ in range(n)]
-
-    def drain_ints(self) -> list[int]:
-        out = []
-        while True:
-            try:
-                out.append(int(self.lines.get_nowait()))
-            except queue.Empty:
-                return out
-
-    def finish(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=20)
-        self._t.join(timeout=5)
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
-
-
-@pytest.fixture
-def jobs() -> Iterator[list[Job]]:
-    started: list[Job] = []
-    try:
-        yield started
-    finally:
-        for j in started:
-            j.finish()
 
 
 def test_seed_loop_moves_there_and_back_and_keeps_counting(
@@ -254,7 +173,6 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
     job = Job(bed, 1, ["python3", "-c", BIG])
     jobs.append(job)
     job.counts(2)
-    images = Path("/dev/shm")
     move = bed.popen(
         1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -262,7 +180,7 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
         # The target's page server is writing the job's memory: the job is frozen at home.
         wait_until(
             "pages arriving on node2",
-            lambda: any(images.glob("pymosix-640c-*/in-*/pages-*.img")),
+            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
             30.0,
             poll_s=0.005,
         )
@@ -283,7 +201,9 @@ def test_losing_the_target_mid_move_leaves_the_job_running_where_it_was(
     bed.start_agent(2)
     bed.wait_converged(30)
     assert not [
-        d for d in images.glob("pymosix-640c-*") if not d.name.endswith(f"-{bed.node(2).agent_pid}")
+        d
+        for d in bed.glob(2, "/dev/shm/pymosix-640c-*")
+        if not d.endswith(f"-{bed.node(2).agent_pid}")
     ]
     r = job.migrate("0x640c")
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,8 @@
 """``pymosix testbed``: a cluster of network namespaces on this machine (DESIGN.md §4).
 
 up --nodes N         make node1..nodeN and start their agents
-exec NODE -- CMD     run CMD inside a node, with the tools pointed at its agent
+exec [--user NAME] NODE -- CMD
+                     run CMD inside a node (as NAME), with the tools pointed at its agent
 status               what is up, and whether each agent answers
 agent start|stop|kill NODE   one node's agent (stop announces the leave; kill is a crash)
 log NODE             a node's agent log
@@ -40,6 +41,7 @@ def main(argv: list[str]) -> int:
         help="extra argument for every agent (repeatable)",
     )
     ex = sub.add_parser("exec", help="run a command inside a node")
+    ex.add_argument("--user", "-u", help="run it as this user (default: root)")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     st = sub.add_parser("status", help="show the bed")
@@ -94,7 +96,7 @@ def main(argv: list[str]) -> int:
             return 2
         node = bed.node(args.node)
         sys.stdout.flush()
-        os.execvpe("nsenter", bed.exec_argv(node.index, cmd), bed.env(node))
+        os.execvpe("nsenter", bed.exec_argv(node.index, cmd, args.user), bed.env(node, args.user))
     if args.cmd == "status":
         if args.json:
             print_json(bed.status())

@@ -29,6 +29,19 @@ def _socket_inodes(proc: Path, pid: int) -> dict[str, str]:
     return out
 
 
+def process_owner(pid: int, proc: Path = Path("/proc")) -> tuple[int, int] | None:
+    """The real (uid, gid) of a process, or None if it is gone."""
+    ids: dict[str, int] = {}
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Uid", "Gid"):
+                ids[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (ids["Uid"], ids["Gid"]) if len(ids) == 2 else None
+
+
 def tree_pids(pid: int, proc: Path = Path("/proc")) -> list[int]:
     """The job and all its descendants (children files of every task)."""
     out, todo = [], [pid]

@@ -45,6 +45,40 @@ def last_error(log_text: str) -> str:
     return re.sub(r"^\(\s*\d+\.\d+\)\s*", "", pick)[:300] or "criu failed without a log"
 
 
+#: CAP_SYS_RESOURCE's bit in /proc/PID/status CapEff.
+CAP_SYS_RESOURCE = 24
+#: criu's cache of kernel features; read before anything else when it exists (criu/kerndat.c).
+KDAT_CACHE = Path("/run/criu.kdat")
+#: The boot the cache above was made in, when we made it (it outlives reboots off tmpfs).
+KDAT_BOOT = Path("/run/pymosix-criu-kdat.boot")
+
+
+def has_capability(cap: int, status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process has `cap` in its effective set."""
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def owner_prefix(uid: int, gid: int) -> list[str]:
+    """argv prefix that runs criu with the job owner's real uid and gid, root's effective ones.
+
+    Without CAP_SYS_RESOURCE (some containers and sandboxes drop it from the bounding set) root
+    may not read another user's rlimits, and criu's dump fails with "Can't get rlimit 0". The
+    kernel allows prlimit() on a process whose ids all equal the caller's real ones, so criu
+    runs with the owner's real ids and keeps every capability through its effective uid 0.
+    """
+    return ["setpriv", f"--ruid={uid}", f"--rgid={gid}", "--keep-groups", "--"]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True, slots=True)
 class RestoreResult:
     pid: int
@@ -68,7 +102,9 @@ def dump_args(
 
     With page_socket the pages go to a page server over that connected socket, not into images.
     """
-    args = ["dump", "-t", str(pid), "-D", str(images)]
+    # The job's own mount namespace (spawn.py) goes in the image; every mount in it is a copy
+    # of one of the agent's, so all are external: the target binds its own at the same paths.
+    args = ["dump", "-t", str(pid), "-D", str(images), "--external", "mnt[]"]
     if leave_stopped:
         args.append("-s")
     if page_socket is not None:
@@ -90,6 +126,8 @@ def restore_args(
 ) -> list[str]:
     """criu arguments to restore as the caller's child (-d -S), stdio re-bound to our fds."""
     args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile), "--auto-dedup"]
+    # The job's mount namespace is rebuilt on the target's root, from the target's own mounts.
+    args += ["--root", "/", "--external", "mnt[]"]
     # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
     args.append("--manage-cgroups=ignore")
     if join_netns:
@@ -119,11 +157,13 @@ class CriuDriver:
         log: Path,
         pass_fds: Sequence[int] = (),
         hand_over: socket.socket | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         """Run criu to its end. hand_over is a socket criu gets and we close once it runs, so
         that its peer sees the end of the stream when criu exits."""
         try:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 self.criu,
                 *args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -180,20 +220,74 @@ class CriuDriver:
         leave_stopped: bool = True,
         log: Path | None = None,
         page_socket: socket.socket | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> Path:
         """Freeze and dump the job whose namespace init is `pid`; returns the log path.
 
         With leave_stopped the job stays SIGSTOPped after the dump: SIGCONT is the rollback.
         With page_socket (closed here once criu runs) the pages go to the page server at its
-        other end instead of into images.
+        other end instead of into images. owner is the job's (uid, gid), for `owner_prefix`.
         """
         images.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(images, 0o700)
         log = log or images / "dump.log"
         fd = None if page_socket is None else page_socket.fileno()
         args = dump_args(pid, images, log, leave_stopped, fd)
-        await self._run(args, log, pass_fds=() if fd is None else (fd,), hand_over=page_socket)
+        prefix: list[str] = []
+        if owner is not None and owner[0] != 0 and not self.can_read_rlimits:
+            await self.ensure_kdat_cache()
+            prefix = owner_prefix(*owner)
+        await self._run(
+            args, log, pass_fds=() if fd is None else (fd,), hand_over=page_socket, prefix=prefix
+        )
         return log
+
+    @property
+    def can_read_rlimits(self) -> bool:
+        """Whether root's criu may read other users' rlimits (it has CAP_SYS_RESOURCE)."""
+        return has_capability(CAP_SYS_RESOURCE)
+
+    async def ensure_kdat_cache(self) -> None:
+        """Make criu's kernel-feature cache if it is missing or from an earlier boot.
+
+        A criu whose real uid is not root (see `owner_prefix`) cannot probe the kernel itself:
+        libnftables refuses to run with real and effective uids apart. With the cache it does
+        not probe. criu saves the cache only on a tmpfs /run; where /run is not one, the probe
+        runs in a private mount namespace with a tmpfs there, and the cache is copied out.
+        """
+        boot = _boot_id()
+        with contextlib.suppress(OSError):
+            if KDAT_CACHE.exists() and KDAT_BOOT.read_text().strip() == boot:
+                return
+        with tempfile.TemporaryDirectory(prefix="pymosix-kdat-") as real_run:
+            script = (
+                'mount --bind /run "$1" && mount -t tmpfs pymosix-kdat /run && '
+                '"$2" check >/dev/null 2>&1; cp /run/criu.kdat "$1/criu.kdat.new"'
+            )
+            proc = await asyncio.create_subprocess_exec(
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                real_run,
+                self.criu,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+        new = KDAT_CACHE.with_name("criu.kdat.new")
+        if proc.returncode != 0 or not new.exists():
+            raise CriuError(
+                f"could not make criu's kernel-feature cache {KDAT_CACHE}: "
+                f"{err.decode(errors='replace').strip()[-200:] or 'criu check failed'}"
+            )
+        new.replace(KDAT_CACHE)
+        KDAT_BOOT.write_text(boot + "\n")
 
     async def page_server(self, images: Path, sock: socket.socket, log: Path | None = None) -> Path:
         """Take one dump's pages from the dumper at the other end of sock (closed here once

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from pymosix.errors import CriuError, MigrationError
-from pymosix.migration.cantmove import cantmove, tree_pids
+from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.pages import page_socketpair, relay_pages
@@ -429,7 +429,12 @@ class HostedJob:
             dump_log = Path(self.engine.image_root) / f"dump-{self.meta.home_pid}.log"
             try:
                 await self.engine.criu.dump(
-                    self.pid, images, leave_stopped=True, page_socket=criu_end, log=dump_log
+                    self.pid,
+                    images,
+                    leave_stopped=True,
+                    page_socket=criu_end,
+                    log=dump_log,
+                    owner=process_owner(self.pid),
                 )
                 dump_log.unlink(missing_ok=True)
                 frozen = True

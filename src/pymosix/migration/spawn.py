@@ -31,6 +31,7 @@ from pathlib import Path
 
 CLONE_NEWPID = 0x20000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWNS = 0x00020000
 PR_SET_CHILD_SUBREAPER = 36
 SPAWN_TIMEOUT_S = 30.0
 
@@ -42,15 +43,28 @@ import ctypes, json, os, signal, sys
 import warnings  # os.execvpe imports it; after setuid the stdlib may be unreadable
 spec = json.loads(sys.stdin.buffer.read())
 libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 if libc.unshare(spec["flags"]) != 0:
-    print("ERR unshare(CLONE_NEWPID): " + os.strerror(ctypes.get_errno()) + " (the agent needs root)")
+    print("ERR unshare(CLONE_NEWPID|CLONE_NEWNS): " + os.strerror(ctypes.get_errno()) + " (the agent needs root)")
     sys.exit(0)
+def own_proc():
+    # The job's mount namespace: a private copy of the agent's, with a /proc of the job's own
+    # PID namespace over the host's (mounted by PID 1 of that namespace, which procfs takes).
+    MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 16384, 1 << 18, 2, 4, 8, 2
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "make mounts private: " + os.strerror(ctypes.get_errno()))
+    libc.umount2(b"/proc", MNT_DETACH)
+    if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount /proc: " + os.strerror(ctypes.get_errno()))
 r, w = os.pipe2(os.O_CLOEXEC)
 job = os.fork()
 if job == 0:
     what = "set up"
     try:
         os.close(r)
+        if spec["own_proc"]:
+            what = "give the job its own /proc"
+            own_proc()
         os.setsid()
         for sig in range(1, signal.NSIG):
             try:
@@ -111,6 +125,9 @@ class JobSpec:
     groups: Sequence[int] = ()
     #: Also a new IPC namespace, so that SysV IPC of the job can be dumped with it.
     new_ipc: bool = True
+    #: A mount namespace of its own with a /proc of its PID namespace: the job sees itself in
+    #: /proc, and CRIU's parasite finds a /proc that belongs to the job (needed for non-root).
+    own_proc: bool = True
 
 
 class SpawnError(OSError):
@@ -132,7 +149,10 @@ def _prepare(spec: JobSpec, stdio: Sequence[int]) -> tuple[list[str], bytes, lis
         "uid": spec.uid,
         "gid": spec.gid,
         "groups": list(spec.groups),
-        "flags": CLONE_NEWPID | (CLONE_NEWIPC if spec.new_ipc else 0),
+        "flags": CLONE_NEWPID
+        | (CLONE_NEWIPC if spec.new_ipc else 0)
+        | (CLONE_NEWNS if spec.own_proc else 0),
+        "own_proc": spec.own_proc,
         "stdio": fds,
     }
     return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds

@@ -1,6 +1,13 @@
 """TestBed: nodes node1..nodeN at 192.168.100.(10+i)/24, one network namespace each on one
-bridge, each with its own CPU(s) through a cpuset, its own state directory and agent, all sharing
+bridge, each with its own CPU(s) through a cpuset, its own mount namespace (private /tmp,
+/var/tmp and /dev/shm: see testbed/mounts.py), its own state directory and agent, all sharing
 one generated cluster key (DESIGN.md §4).
+
+What separate machines share through NFS, bed nodes share as one file system: every path
+outside the private directories is the same on all nodes, and ``shared_dir`` (world-writable,
+``/run/pymosix-testbed/BED/shared``) is the place the bed offers for job data, the stand-in for
+a cluster's NFS export. Unprivileged users reach every node's control socket (the state
+directories can be traversed, not read) and run commands with ``exec(..., user=NAME)``.
 
 Every kernel object is named after the bed (netns ``pmx-BED-nodeI``, links ``pmx<tag>...``,
 cpusets ``pmx-BED-nodeI``) so that beds of parallel test runs never meet, and the state lives in
@@ -13,6 +20,8 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,7 +36,7 @@ from pymosix.control_client import call
 from pymosix.errors import PymosixError
 from pymosix.keys import write_key
 from pymosix.migration.engine import remove_images_of
-from pymosix.testbed import kernel
+from pymosix.testbed import kernel, mounts
 from pymosix.testbed.kernel import CPUSET, ip
 
 ROOT = Path("/run/pymosix-testbed")
@@ -61,6 +70,8 @@ class BedNode:
     cpuset: str
     dir: str
     agent_pid: int = 0
+    #: The nsfs file of the node's mount namespace (testbed/mounts.py).
+    mntns: str = ""
 
     @property
     def socket(self) -> Path:
@@ -115,7 +126,12 @@ class TestBed:
         down(name)
         tag = bed_tag(name)
         state = ROOT / name
-        state.mkdir(parents=True, mode=0o700)
+        # Traversable, not listable: users reach the sockets inside, not the key.
+        ROOT.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(ROOT, 0o711)
+        state.mkdir(mode=0o711)
+        (state / "shared").mkdir(mode=0o1777)
+        os.chmod(state / "shared", 0o1777)
         key_file = state / "cluster.key"
         write_key(key_file)
         host = kernel.host_cpus()
@@ -133,6 +149,7 @@ class TestBed:
                     cpus=cpus,
                     cpuset=f"{PREFIX}-{name}-node{i}",
                     dir=str(state / f"node{i}"),
+                    mntns=str(mounts.holder(f"{PREFIX}-{name}-node{i}")),
                 )
             )
         bed = cls(name, bed_nodes, f"{PREFIX}b{tag}", key_file, extra_args)
@@ -140,8 +157,9 @@ class TestBed:
         try:
             bed._make_network()
             for node in bed.nodes:
-                Path(node.dir).mkdir(mode=0o700, exist_ok=True)
+                Path(node.dir).mkdir(mode=0o711, exist_ok=True)
                 kernel.make_cpuset(node.cpuset, node.cpus)
+                mounts.make_mount_ns(Path(node.mntns).name)
             for i in agents if agents is not None else range(1, nodes + 1):
                 bed.start_agent(i, wait=False)
             for i in agents if agents is not None else range(1, nodes + 1):
@@ -219,25 +237,59 @@ class TestBed:
             f"no node {which!r} in test bed {self.name!r} (it has node1..node{len(self.nodes)})"
         )
 
-    def _enter(self, node: BedNode) -> list[str]:
-        """argv prefix that runs the rest inside the node: its netns and its cpuset.
+    @property
+    def shared_dir(self) -> Path:
+        """The directory every node sees alike: the bed's stand-in for NFS."""
+        return ROOT / self.name / "shared"
+
+    def _enter(self, node: BedNode, user: str | None = None, cwd: str | None = None) -> list[str]:
+        """argv prefix that runs the rest inside the node: its netns, mount namespace and
+        cpuset, as `user` if given (root otherwise).
 
         nsenter rather than `ip netns exec`, which remounts /sys and so hides the cgroup tree that
-        the agent's load sampler reads.
+        the agent's load sampler reads. Entering a mount namespace moves to its root, so the
+        working directory is set again: `cwd`, else the caller's, unless the node cannot see it.
         """
         tasks = CPUSET / node.cpuset / "tasks"
-        script = f'echo $$ > {tasks} && exec "$@"'
-        return ["nsenter", f"--net=/run/netns/{node.netns}", "--", "sh", "-c", script, "sh"]
+        wd = cwd or os.getcwd()
+        if any(wd == d or wd.startswith(d + "/") for d in mounts.PRIVATE_DIRS):
+            wd = "/"
+        # cd from inside: nsenter's --wd opens the directory before it enters the namespace,
+        # which leaves the cwd outside the node's root (getcwd() fails for the command).
+        script = f'cd {shlex.quote(wd)} 2>/dev/null || cd /; echo $$ > {tasks} && exec "$@"'
+        enter = ["nsenter", f"--net=/run/netns/{node.netns}"]
+        if node.mntns:
+            enter.append(f"--mount={node.mntns}")
+        argv = [*enter, "--", "sh", "-c", script, "sh"]
+        if user is not None:
+            pw = _user(user)
+            argv += [
+                "setpriv",
+                f"--reuid={pw.pw_uid}",
+                f"--regid={pw.pw_gid}",
+                "--init-groups",
+                "--",
+            ]
+        return argv
 
-    def env(self, node: BedNode) -> dict[str, str]:
+    def env(self, node: BedNode, user: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["PYMOSIX_SOCKET"] = str(node.socket)
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+        if user is not None:
+            pw = _user(user)
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
         return env
 
-    def exec_argv(self, which: int | str, argv: Sequence[str]) -> list[str]:
-        return [*self._enter(self.node(which)), *argv]
+    def exec_argv(
+        self,
+        which: int | str,
+        argv: Sequence[str],
+        user: str | None = None,
+        cwd: str | None = None,
+    ) -> list[str]:
+        return [*self._enter(self.node(which), user, cwd), *argv]
 
     def exec(
         self,
@@ -245,13 +297,15 @@ class TestBed:
         argv: Sequence[str],
         timeout_s: float = 60.0,
         check: bool = False,
+        user: str | None = None,
         **kw: Any,
     ) -> subprocess.CompletedProcess[str]:
-        """Run argv inside the node, with the tools pointed at its agent; capture its output."""
+        """Run argv inside the node (as `user`, if given), with the tools pointed at its agent;
+        capture its output."""
         node = self.node(which)
         return subprocess.run(
-            self.exec_argv(node.index, argv),
-            env=self.env(node),
+            self.exec_argv(node.index, argv, user, kw.pop("cwd", None)),
+            env=self.env(node, user),
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -259,10 +313,16 @@ class TestBed:
             **kw,
         )
 
-    def popen(self, which: int | str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        """Start argv inside the node in the background."""
+    def popen(
+        self, which: int | str, argv: Sequence[str], user: str | None = None, **kw: Any
+    ) -> subprocess.Popen[bytes]:
+        """Start argv inside the node (as `user`, if given) in the background."""
         node = self.node(which)
-        return subprocess.Popen(self.exec_argv(node.index, argv), env=self.env(node), **kw)
+        return subprocess.Popen(
+            self.exec_argv(node.index, argv, user, kw.pop("cwd", None)),
+            env=self.env(node, user),
+            **kw,
+        )
 
     def call(self, which: int | str, op: str, **args: Any) -> dict[str, Any]:
         return call(op, path=self.node(which).socket, timeout_s=10, **args)
@@ -375,10 +435,36 @@ class TestBed:
             kernel.kill_pids([node.agent_pid])
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(node.agent_pid, os.WNOHANG)
-            remove_images_of([node.agent_pid])
+            self._remove_images_of(node, node.agent_pid)
         node.agent_pid = 0
         self.save()
         _reap()
+
+    def glob(self, which: int | str, pattern: str) -> list[str]:
+        """Paths matching a shell pattern as the node sees them (its private /tmp, /dev/shm)."""
+        node = self.node(which)
+        script = 'for p in $1; do [ -e "$p" ] && echo "$p"; done'
+        r = subprocess.run(
+            ["nsenter", f"--mount={node.mntns}", "--", "sh", "-c", script, "sh", pattern],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return r.stdout.split()
+
+    def _remove_images_of(self, node: BedNode, agent_pid: int) -> None:
+        """A killed agent's images directory, in the node's own /dev/shm."""
+        if not node.mntns:
+            remove_images_of([agent_pid])
+            return
+        rm = 'rm -rf /dev/shm/pymosix-*-"$1"'
+        subprocess.run(
+            ["nsenter", f"--mount={node.mntns}", "--", "sh", "-c", rm, "sh", str(agent_pid)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
 
     # --- status and teardown ---------------------------------------------------------------
 
@@ -428,11 +514,20 @@ def down(name: str) -> None:
         kernel.remove_cpuset(cg)
     for ns in namespaces:
         ip("netns", "delete", ns, check=False)
+    for mnt in mounts.mount_namespaces(ns_prefix):
+        mounts.remove_mount_ns(mnt)
     for link in kernel.links():
         if link.startswith(f"{PREFIX}{tag}n") or link == f"{PREFIX}b{tag}":
             ip("link", "delete", link, check=False)
     shutil.rmtree(ROOT / name, ignore_errors=True)
     _reap()
+
+
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise PymosixError(f"no user {name!r} on this machine (useradd {name})") from None
 
 
 def _reap() -> None:
@@ -445,7 +540,7 @@ def _reap() -> None:
 def bed_names() -> list[str]:
     """Beds with state on this machine, and names of leftovers without state."""
     names = {p.name for p in ROOT.iterdir() if p.is_dir()} if ROOT.exists() else set()
-    for ns in kernel.netns_list():
+    for ns in kernel.netns_list() + mounts.mount_namespaces(f"{PREFIX}-"):
         if ns.startswith(f"{PREFIX}-") and "-node" in ns:
             names.add(ns[len(PREFIX) + 1 : ns.rindex("-node")])
     return sorted(names)

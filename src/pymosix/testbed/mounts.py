@@ -1,0 +1,80 @@
+"""Each bed node's own mount namespace: private /tmp, /var/tmp and /dev/shm, as on separate
+machines, and one shared directory that stands in for the NFS real clusters keep job data on.
+
+The namespace is kept by a bind mount of its nsfs file (as `ip netns` keeps network
+namespaces), so that `nsenter --mount=FILE` enters it whether or not any process lives there.
+Such files may only sit on a private mount, hence `HOLDERS` is bind-mounted onto itself and
+made private once. Everything else (the root file system, /home, /run) stays shared: files
+outside the private directories are the same on every node, as with a shared /home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+from pymosix.testbed.kernel import KernelError
+
+#: Where the nsfs files of the nodes' mount namespaces are bound.
+HOLDERS = Path("/run/pymosix-testbed-mnt")
+#: The directories each node has a private tmpfs on.
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+#: Run inside the new namespace: the private directories, and no copies of the host's
+#: network-namespace mounts (they change as beds come and go, and jobs' namespaces would
+#: carry them from node to node).
+_SETUP = " && ".join(
+    [f"mount -t tmpfs -o mode=1777,nosuid,nodev pmx-node {d}" for d in PRIVATE_DIRS]
+    + ["{ ! mountpoint -q /run/netns || umount -R -l /run/netns; }"]
+)
+
+
+def _run(argv: list[str]) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if r.returncode != 0:
+        raise KernelError(f"{' '.join(argv)}: {r.stderr.strip() or f'status {r.returncode}'}")
+
+
+def _is_mountpoint(path: Path) -> bool:
+    r = subprocess.run(["mountpoint", "-q", str(path)], check=False, timeout=10)
+    return r.returncode == 0
+
+
+def holder(name: str) -> Path:
+    """The nsfs file that keeps the mount namespace `name` (``pmx-BED-nodeI``)."""
+    return HOLDERS / name
+
+
+def make_mount_ns(name: str) -> Path:
+    """Make a node's mount namespace; returns the file `nsenter --mount=` takes."""
+    HOLDERS.mkdir(mode=0o755, exist_ok=True)
+    if not _is_mountpoint(HOLDERS):
+        _run(["mount", "--bind", str(HOLDERS), str(HOLDERS)])
+    _run(["mount", "--make-private", str(HOLDERS)])
+    path = holder(name)
+    path.touch()
+    try:
+        _run(
+            ["unshare", f"--mount={path}", "--propagation", "private", "sh", "-c", _SETUP],
+        )
+    except KernelError:
+        remove_mount_ns(name)
+        raise
+    return path
+
+
+def remove_mount_ns(name: str) -> None:
+    """Unbind and remove a node's namespace file; the namespace ends with its last process."""
+    path = holder(name)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10, check=False)
+    path.unlink(missing_ok=True)
+
+
+def mount_namespaces(prefix: str) -> list[str]:
+    """Names of the namespace files whose name starts with prefix."""
+    try:
+        return sorted(p.name for p in HOLDERS.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return []
