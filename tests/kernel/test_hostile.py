@@ -28,7 +28,7 @@ def converged(bed: TestBed, nodes: list[int]) -> bool:
     return all(map_ids(bed, i) == want for i in nodes)
 
 
-# Runs inside a node: join the discovery group and print (hex) the first BYE from `sender`.
+# Runs inside a node: join the discovery group, print (hex) a HELLO and then the BYE of `sender`.
 CAPTURE_BYE = textwrap.dedent("""
     import socket, struct, sys
     group, port, me, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -38,11 +38,14 @@ CAPTURE_BYE = textwrap.dedent("""
     s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(me)))
     s.settimeout(30)
     print("ready", flush=True)
+    want = 1
     while True:
         data, src = s.recvfrom(2048)
-        if src[0] == sender and data[:4] == b"PMX1" and data[4] == 2:
+        if src[0] == sender and data[:4] == b"PMX1" and data[4] == want:
             print(data.hex(), flush=True)
-            break
+            if want == 2:
+                break
+            want = 2
 """)
 
 # Runs inside a node: send the hex datagram to the group `count` times, `gap` seconds apart.
@@ -69,6 +72,7 @@ def test_a_replayed_bye_after_a_restart_never_knocks_the_node_out(make_bed: Make
     try:
         assert cap.stdout is not None
         assert str(cap.stdout.readline()).strip() == "ready"
+        hello = str(cap.stdout.readline()).strip()
         bed.stop_agent(3)  # a clean stop: node3 multicasts its sealed BYE, captured on node2
         bye = str(cap.communicate(timeout=20)[0]).strip()
     finally:
@@ -77,6 +81,16 @@ def test_a_replayed_bye_after_a_restart_never_knocks_the_node_out(make_bed: Make
         cap.wait()
     assert bye, "no BYE from node3 captured"
     wait_until("node3 gone", lambda: converged(bed, [1, 2]), 2.0)
+    # Its old HELLO, replayed after its BYE, does not bring it back.
+    replays = bed.call(1, "status")["counters"]["rejected_replay"]
+    r = bed.exec(1, ["python3", "-c", SEND, bed.node(1).address, hello, "10", "0.05"])
+    assert r.returncode == 0, r.stderr
+    wait_until(
+        "node1 has refused the replayed HELLOs",
+        lambda: bed.call(1, "status")["counters"]["rejected_replay"] >= replays + 8,
+        3.0,
+    )
+    assert converged(bed, [1, 2])
     bed.start_agent(3)
     wait_until("node3 back", lambda: converged(bed, [1, 2, 3]), 5.0)
     before = {i: bed.call(i, "status")["counters"] for i in (1, 2)}
