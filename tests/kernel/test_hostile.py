@@ -225,6 +225,7 @@ def test_a_user_flooding_the_control_socket_does_not_starve_root(
             r = bed.exec(1, ["mosctl", "status"], timeout_s=20)
             assert r.returncode == 0, r.stderr
             assert "This is pymosix #25611" in r.stdout
+            assert "refused" in r.stdout.splitlines()[3]  # control socket: N connection(s) ...
             r = bed.exec(1, ["mosrun", "-h", "echo", "still here"], timeout_s=20)
             assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
         status = bed.call(1, "status")
