@@ -243,10 +243,12 @@ class ControlServer:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Any local user may ask (mosrun runs as the user); handlers check credentials.
-            self._listeners = [self._listen(self.path, 0o666), self._listen(self.root_path, 0o600)]
+            for path, mode in ((self.path, 0o666), (self.root_path, 0o600)):
+                self._listeners.append(self._listen(path, mode))
         except OSError as e:
             for sock in self._listeners:
                 sock.close()
+            self._listeners = []
             raise PymosixError(
                 f"cannot make the control socket {self.path}: {e.strerror} "
                 "(run the agent as root, or set socket_path)"
