@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"(malformed {c['rejected_malformed']}, authentication {c['rejected_auth']}, replay {c['rejected_replay']}, "
                 f"stale epoch {c.get('rejected_stale', 0)}, clock {c.get('rejected_clock', 0)})",
             ]
+            if "control" in s:
+                ctl = s["control"]
+                lines.append(
+                    f"control socket: {sum(ctl['connections'].values())} connection(s) of "
+                    f"{len(ctl['connections'])} user(s), {ctl['refused']} refused"
+                )
             lines += [
                 f"warning: refusing datagrams from {o['message']}" for o in s.get("offenders", [])
             ]
