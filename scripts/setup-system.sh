@@ -7,6 +7,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v perl >/dev/null || need+=(perl)
 command -v parallel >/dev/null || need+=(parallel)
 command -v tmux >/dev/null || need+=(tmux)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root to install: ${need[*]}" >&2; exit 1; fi

@@ -16,7 +16,13 @@ from pymosix.migration.engine import orphaned_image_roots
 
 #: Every kernel object tests make starts with this, so leaks are found by name.
 PREFIX = "pmx"
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/cpuset"), Path("/sys/fs/cgroup"))
+#: v1 cpuset, the v2 root of a v2 host, and the v2 hierarchy a hybrid host mounts beside v1 (where
+#: beds made in a private cgroup2 mount, tests/kernel/test_cgroup2.py, show their cgroups).
+CGROUP_ROOTS = (
+    Path("/sys/fs/cgroup/cpuset"),
+    Path("/sys/fs/cgroup"),
+    Path("/sys/fs/cgroup/unified"),
+)
 
 
 def _netns() -> set[str]:
@@ -36,7 +42,7 @@ def _links() -> set[str]:
 
 def _cgroups() -> set[str]:
     out: set[str] = set()
-    for root in CGROUP_ROOTS:  # v1 cpuset, and the v2 unified hierarchy
+    for root in CGROUP_ROOTS:
         try:
             out |= {str(p) for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)}
         except OSError:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from pymosix import __version__
+from pymosix import __version__, flagstate, sdnotify
 from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer, Limits
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
@@ -31,6 +31,7 @@ from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
 from pymosix.mapfile import load_map
 from pymosix.membership import ClusterMap, MapChanged, change_message, new_epoch
+from pymosix.netif import auto_interface
 from pymosix.offenders import AUTH, CLOCK, OffenderLog
 from pymosix.wire.envelope import (
     Envelope,
@@ -130,11 +131,9 @@ def resolve_address(config: NodeConfig) -> tuple[str, str]:
         if not ips:
             raise ConfigError(f"interface {config.interface} has no IPv4 address")
         return ips[0], config.interface
-    stats = psutil.net_if_stats()
-    for name, ips in sorted(addrs.items()):
-        if ips and name != "lo" and stats.get(name) is not None and stats[name].isup:
-            return ips[0], name
-    raise ConfigError("no interface with an IPv4 address: set 'address' or 'interface'")
+    choice = auto_interface()  # the same rule as doctor's: the default route's interface
+    log.info("no address configured: using %s on %s (%s)", choice.address, choice.name, choice.why)
+    return choice.address, choice.name
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -172,7 +171,11 @@ class NodeAgent:
             replay_horizon_s=2 * config.max_clock_skew_ms / 1000 + 1,
         )
         self.counters = Counters()
-        self.flags = NodeFlags(speed=config.speed)
+        self.flags = NodeFlags(
+            speed=config.speed, stay=config.stay, lstay=config.lstay, block=config.block
+        )
+        for name, value in flagstate.read(config.state_dir).items():  # mosctl ... --persist
+            setattr(self.flags, name, value)
         self.replay = ReplayGuard(max_skew_ms=config.max_clock_skew_ms)
         self.offenders = OffenderLog(max_skew_ms=config.max_clock_skew_ms)
         self.control = ControlServer(
@@ -236,7 +239,10 @@ class NodeAgent:
             loop.add_signal_handler(sig, self.stop)
         await self._open_sockets()
         if self.config.map_file is not None:
-            self._apply(self.cluster.add_static(load_map(self.config.map_file), self.now()))
+            numbered = load_map(self.config.map_file)
+            static = [(node_id, ip) for _, node_id, ip in numbered]
+            numbers = {node_id: number for number, node_id, _ in numbered}
+            self._apply(self.cluster.add_static(static, self.now(), numbers))
         started: list[Component] = []
         try:
             for comp in self.components:
@@ -256,8 +262,14 @@ class NodeAgent:
                 self.config.socket_path,
             )
             self._log_map(self.cluster.nodes())
+            sdnotify.notify(
+                f"READY=1\nSTATUS=node {format_node_id(self.node_id)} at {self.address}"
+            )
+            if (period := sdnotify.watchdog_period_s()) is not None:
+                self._tasks.append(asyncio.create_task(sdnotify.watchdog(period)))
             await self._stopping.wait()
         finally:
+            sdnotify.notify("STOPPING=1")
             await self.control.stop()
             self._send_bye()
             for task in self._tasks:
@@ -465,6 +477,7 @@ class NodeAgent:
                     "count": 1,
                     "self": n.node_id == self.node_id,
                     "static": n.static,
+                    "number": n.number or None,
                 }
                 for n in self.cluster.nodes()
             ],
@@ -506,6 +519,9 @@ class NodeAgent:
             raise ValueError(f"{name} must be a whole number from 1 to 10000000")
         if kind is bool and not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
+        if req.get("persist"):
+            kept = flagstate.keep(self.config.state_dir, name, value)
+            log.info("mosctl: %s kept across restarts in %s", name, kept)
         setattr(self.flags, name, value)
         log.info("mosctl: %s set to %s", name, value)
         return {"flags": asdict(self.flags)}

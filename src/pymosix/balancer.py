@@ -23,6 +23,7 @@ from pymosix.policy import (
     best_node,
     decide,
 )
+from pymosix.refusals import Refusals
 
 if TYPE_CHECKING:
     from pymosix.agent import NodeAgent
@@ -52,7 +53,7 @@ def node_view(e: LoadEntry, now: float) -> NodeView:
     )
 
 
-def job_view(job: HostedJob, self_id: int, now: float) -> JobView:
+def job_view(job: HostedJob, self_id: int, now: float, refusals: Refusals | None = None) -> JobView:
     meta = job.meta
     return JobView(
         home_pid=meta.home_pid,
@@ -67,6 +68,10 @@ def job_view(job: HostedJob, self_id: int, now: float) -> JobView:
         else None,
         last_migrated_at=job.arrived_at if meta.migrations > 0 else None,
         migrations=meta.migrations,
+        refused_targets=frozenset(NodeId(n) for n in refusals.refused_targets(meta.home_pid, now))
+        if refusals
+        else frozenset(),
+        stuck=refusals.stuck(meta.home_pid, now) if refusals else False,
     )
 
 
@@ -101,7 +106,9 @@ class Balancer:
         me = node_view(entries[me_id], now)
         peers = {NodeId(n): node_view(e, now) for n, e in entries.items() if n != me_id}
         jobs = tuple(
-            job_view(j, me_id, now) for j in self.engine.hosted.values() if j.state == "running"
+            job_view(j, me_id, now, self.engine.refusals)
+            for j in self.engine.hosted.values()
+            if j.state == "running"
         )
         self.recent = [m for m in self.recent if now - m.at < RECENT_MOVE_S]
         return ClusterSnapshot(NodeId(me_id), now, jobs, peers, me, self.policy, tuple(self.recent))

@@ -21,7 +21,7 @@ DEFAULT_SOCKET = Path("/run/pymosix/control.sock")
 DEFAULT_CONFIG_FILE = Path("/etc/pymosix/node.toml")
 DEFAULT_KEY_FILE = Path("/etc/pymosix/cluster.key")
 DEFAULT_STATE_DIR = Path("/var/lib/pymosix")
-#: Where `make setup` unpacks Debian 13's criu when the system's does not work (DESIGN.md §3).
+#: Where `make setup` or `pymosix setup` unpacks Debian's criu (provision-criu.sh, DESIGN.md §3).
 PROVISIONED_CRIU = Path("/opt/pymosix/criu/bin/criu")
 
 
@@ -29,18 +29,25 @@ PROVISIONED_CRIU = Path("/opt/pymosix/criu/bin/criu")
 class NodeConfig:
     """Everything one node agent needs to know; built once, passed in."""
 
-    #: This node's IPv4 address; its node id is the low 16 bits. Empty: the interface's first one.
+    #: This node's IPv4 address; its node id is the low 16 bits. Empty: the first one of
+    #: `interface`, else of the default route's interface (never a container bridge).
     address: str = ""
-    #: Interface for discovery and gossip; empty: the one that holds `address`.
+    #: Interface for discovery and gossip; empty: the one that holds `address`, else the
+    #: default route's.
     interface: str = ""
+    #: The cluster's shared secret (the same file on every node; made on first start if missing).
     key_file: Path = DEFAULT_KEY_FILE
     #: A static map in /etc/openmosix.map format; when set, discovery is off.
     map_file: Path | None = None
+    #: Where the agent keeps migration images and settings saved with `mosctl ... --persist`.
     state_dir: Path = DEFAULT_STATE_DIR
+    #: The control socket the tools talk to.
     socket_path: Path = DEFAULT_SOCKET
     #: Multicast discovery (omdiscd's job). Off: only the static map counts.
     discovery: bool = True
+    #: Multicast group of discovery (the same on every node).
     mcast_group: str = "239.255.77.77"
+    #: UDP port of discovery.
     mcast_port: int = 7077
     #: Unicast UDP port for load gossip.
     gossip_port: int = 7078
@@ -58,12 +65,26 @@ class NodeConfig:
     load_max_age_ms: int = 5000
     #: Relative CPU speed, openMosix units: 10000 is the reference machine.
     speed: int = 10000
+    #: Refuse guests from the start (mosctl block); `mosctl ... --persist` overrides these four.
+    block: bool = False
+    #: No automatic migration away from this node (mosctl stay).
+    stay: bool = False
+    #: Local jobs stay here; guests may leave (mosctl lstay).
+    lstay: bool = False
     #: The criu binary; empty: PYMOSIX_CRIU, then the provisioned one, then PATH.
     criu: str = ""
     #: Prometheus text endpoint port on this node's address; 0 is off.
     metrics_port: int = 0
+    #: The web monitor's port (docs/web.md); 0 is off.
+    web_port: int = 0
+    #: The address the web monitor listens on; empty: this node's address.
+    web_address: str = ""
+    #: Who besides root may log in to the web monitor (each with a token `pymosix web-token`
+    #: prints them): user names separated by commas, "*" for every local user, empty for none.
+    web_users: str = ""
     #: Automatic load balancing.
     balance: bool = True
+    #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
     #: A datagram stamped further than this from this node's clock is refused (and warned about).
     max_clock_skew_ms: int = 30_000

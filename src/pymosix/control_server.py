@@ -239,6 +239,13 @@ class ControlServer:
             "refused": self.budget.refused,
         }
 
+    def handler(self, op: str) -> Handler:
+        """The handler of `op`, for callers in the agent that act for a user (the web monitor)."""
+        try:
+            return self._handlers[op]
+        except KeyError:
+            raise PymosixError(f"unknown op {op!r} (known: {', '.join(self.ops)})") from None
+
     async def start(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import gzip
 import importlib
 import os
 import platform
+import re
 import secrets
 import shutil
 import stat
@@ -20,6 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from pymosix.config import DEFAULT_KEY_FILE, find_criu
+from pymosix.install import reinstall_fix, setup_fix
+from pymosix.netif import auto_interface_name
 
 
 class Status(StrEnum):
@@ -42,11 +45,32 @@ class Check:
         return f"{text} (fix: {self.fix})" if self.fix and self.status is not Status.OK else text
 
 
-#: Capabilities a node agent needs: checkpoint/restore and namespaces (CAP_SYS_ADMIN covers
-#: CAP_CHECKPOINT_RESTORE on kernels before 5.9), and ptrace for CRIU's seize.
 CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
 CAP_CHECKPOINT_RESTORE = 40
+
+#: The capabilities CRIU needs to move any user's job, and what fails without each. The kernel
+#: accepts CAP_SYS_ADMIN wherever it asks for CAP_CHECKPOINT_RESTORE (which exists from 5.9 on).
+CRIU_CAPABILITIES = (
+    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "jobs get no namespaces of their own and criu cannot restore"),
+    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE", "criu cannot seize another user's job (ptrace: EPERM)"),
+    (
+        CAP_CHECKPOINT_RESTORE,
+        "CAP_CHECKPOINT_RESTORE",
+        "criu cannot read a job's map_files or choose restored PIDs",
+    ),
+    (
+        CAP_SYS_RESOURCE,
+        "CAP_SYS_RESOURCE",
+        "a job with a non-root process fails to dump "
+        '("Can\'t get rlimit 0: Operation not permitted")',
+    ),
+)
+
+#: The first CRIU that dumps inet sockets on Linux >= 6.16 (4.1: "Can't get 1:16 opt").
+CRIU_SOCKETS = (4, 2)
+KERNEL_SOCKETS = (6, 16)
 
 PYTHON_DEPENDENCIES = ("cryptography", "msgpack", "psutil", "rich", "textual", "prometheus_client")
 
@@ -59,19 +83,34 @@ def effective_caps(status_text: str) -> int:
     return 0
 
 
-def check_root(euid: int, caps: int) -> Check:
-    """Root with CAP_SYS_ADMIN (namespaces; covers checkpoint/restore) and CAP_SYS_PTRACE."""
-    missing = [
-        name
-        for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"))
-        if not caps & (1 << bit)
-    ]
+def check_root(euid: int) -> Check:
     if euid != 0:
         return Check("root", Status.FAIL, f"running as uid {euid}", "run as root (sudo)")
-    if missing:
-        return Check("root", Status.FAIL, "missing " + ", ".join(missing), "run as full root")
-    extra = ", CAP_CHECKPOINT_RESTORE" if caps & (1 << CAP_CHECKPOINT_RESTORE) else ""
-    return Check("root", Status.OK, f"uid 0 with CAP_SYS_ADMIN, CAP_SYS_PTRACE{extra}")
+    return Check("root", Status.OK, "uid 0")
+
+
+def check_capabilities(caps: int, cap_last_cap: int = CAP_CHECKPOINT_RESTORE) -> Check:
+    """The agent's CapEff against CRIU_CAPABILITIES: without CAP_SYS_ADMIN or CAP_SYS_PTRACE
+    nothing moves (FAIL); without the others, some users' jobs do not (WARN)."""
+    missing = [
+        (bit, name, why)
+        for bit, name, why in CRIU_CAPABILITIES
+        if bit <= cap_last_cap and not caps & (1 << bit)
+    ]
+    covered = caps & (1 << CAP_SYS_ADMIN)
+    missing = [m for m in missing if not (m[0] == CAP_CHECKPOINT_RESTORE and covered)]
+    if not missing:
+        names = [n for b, n, _ in CRIU_CAPABILITIES if b <= cap_last_cap]
+        return Check("capabilities", Status.OK, f"{', '.join(names)}: any user's job can move")
+    fatal = any(bit in (CAP_SYS_ADMIN, CAP_SYS_PTRACE) for bit, _, _ in missing)
+    detail = "; ".join(f"without {name}, {why}" for _, name, why in missing)
+    adds = " ".join(f"--cap-add {name.removeprefix('CAP_')}" for _, name, _ in missing)
+    return Check(
+        "capabilities",
+        Status.FAIL if fatal else Status.WARN,
+        detail,
+        f"give the agent {', '.join(n for _, n, _ in missing)} (full root; a container: {adds})",
+    )
 
 
 def read_kernel_config() -> str | None:
@@ -142,17 +181,34 @@ def run_criu_check(criu: str) -> tuple[bool, str, str]:
     return r.returncode == 0, version.replace("Version: ", ""), said.strip()
 
 
+def release_tuple(text: str) -> tuple[int, int]:
+    """(major, minor) of "4.2.1" or "6.18.44-fc"; (0, 0) if there is none."""
+    m = re.match(r"\s*(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def check_criu(
-    configured: str = "", runner: Callable[[str], tuple[bool, str, str]] = run_criu_check
+    configured: str = "",
+    runner: Callable[[str], tuple[bool, str, str]] = run_criu_check,
+    kernel: str = "",
 ) -> Check:
+    """Whether criu passes `criu check`, and what its version allows on this kernel."""
     criu = find_criu(configured)
-    fix = "run 'make setup' (or src/pymosix/data/provision-criu.sh), or set PYMOSIX_CRIU"
+    fix = f"{setup_fix()}, or set PYMOSIX_CRIU"
     if criu is None or (os.sep in criu and not Path(criu).exists()):
         return Check("criu", Status.FAIL, "no criu found", fix)
     ok, version, said = runner(criu)
     if not ok:
         return Check("criu", Status.FAIL, f"{criu} {version}: 'criu check' says: {said}", fix)
-    return Check("criu", Status.OK, f"{criu} (version {version}): 'criu check' says: {said}")
+    kernel = kernel or platform.release()
+    where = f"{criu} (criu {version}, 'criu check': {said})"
+    if release_tuple(version) >= CRIU_SOCKETS:
+        return Check("criu", Status.OK, f"{version}: jobs with sockets can move; {where}")
+    lacks = f"{version}: jobs holding inet sockets cannot move on Linux >= 6.16"
+    detail = f"{lacks} (this is {kernel}); {where}"
+    if release_tuple(kernel) < KERNEL_SOCKETS:
+        return Check("criu", Status.OK, detail)
+    return Check("criu", Status.WARN, detail, f"{setup_fix()} to get CRIU 4.2")
 
 
 def check_netns() -> Check:
@@ -218,17 +274,30 @@ def _flags(path: Path) -> int | None:
 
 
 def check_cpuset(cgroup_root: Path = Path("/sys/fs/cgroup")) -> Check:
+    """Which cgroup setup the test bed finds: how its nodes get CPUs of their own, if they do."""
     if (cgroup_root / "cpuset" / "cpuset.cpus").exists():
-        return Check("cpuset", Status.OK, "cgroup v1 cpuset at /sys/fs/cgroup/cpuset")
-    controllers = cgroup_root / "cgroup.controllers"
-    if controllers.exists() and "cpuset" in controllers.read_text().split():
-        return Check("cpuset", Status.OK, "cgroup v2 with the cpuset controller")
-    return Check(
-        "cpuset",
-        Status.WARN,
-        "no cpuset cgroup: test-bed nodes will share all CPUs",
-        "mount the cpuset controller (only the test bed needs it)",
+        return Check(
+            "cgroup", Status.OK, f"v1 cpuset at {cgroup_root / 'cpuset'}: bed nodes get own CPUs"
+        )
+    unified = next(
+        (d for d in (cgroup_root, cgroup_root / "unified") if (d / "cgroup.controllers").exists()),
+        None,
     )
+    fix = "enable the cpuset controller (only the test bed needs it)"
+    if unified is None:
+        return Check(
+            "cgroup", Status.WARN, "no v1 cpuset and no v2 hierarchy: bed nodes share CPUs", fix
+        )
+    if "cpuset" not in _read(str(unified / "cgroup.controllers")).split():
+        return Check(
+            "cgroup",
+            Status.WARN,
+            f"v2 at {unified} without cpuset: bed nodes will share CPUs (CPU affinity is used instead)",
+            fix,
+        )
+    enabled = "cpuset" in _read(str(unified / "cgroup.subtree_control")).split()
+    how = "delegated to child cgroups" if enabled else "available, the bed delegates it to a child"
+    return Check("cgroup", Status.OK, f"v2 at {unified} with cpuset {how}: bed nodes get own CPUs")
 
 
 def check_key(path: Path = DEFAULT_KEY_FILE) -> Check:
@@ -260,7 +329,7 @@ def check_python_dependencies(
             "python",
             Status.FAIL,
             "missing " + ", ".join(missing),
-            "reinstall pymosix in its venv (make setup)",
+            reinstall_fix(),
         )
     return Check("python", Status.OK, f"Python {platform.python_version()}, dependencies present")
 
@@ -284,16 +353,19 @@ def _read(path: str) -> str:
 def run_all(key_file: Path = DEFAULT_KEY_FILE, interface: str = "", criu: str = "") -> list[Check]:
     """Every check, in the order the doctor prints them."""
     euid = os.geteuid()
-    checks = guarded("root", lambda: check_root(euid, effective_caps(_read("/proc/self/status"))))
+    caps = effective_caps(_read("/proc/self/status"))
+    last_cap = int(_read("/proc/sys/kernel/cap_last_cap").strip() or CAP_CHECKPOINT_RESTORE)
+    checks = guarded("root", lambda: check_root(euid))
+    checks += guarded("capabilities", lambda: check_capabilities(caps, last_cap))
     checks += guarded("kernel", lambda: check_kernel_options(read_kernel_config()))
-    if checks[0].status is not Status.OK:
+    if any(c.status is Status.FAIL for c in checks[:2]):
         # criu and `ip netns` would only fail for want of privileges, with murkier messages.
         for name in ("criu", "netns"):
             checks.append(Check(name, Status.FAIL, "not checked: needs full root", "run as root"))
     else:
         checks += guarded("criu", lambda: check_criu(criu))
         checks += guarded("netns", check_netns)
-    default = default_route_interface(_read("/proc/net/route"))
+    default = auto_interface_name()  # the agent's own rule (pymosix.netif)
     checks += guarded("multicast", lambda: check_multicast(interface, default=default))
     checks += guarded("cpuset", check_cpuset)
     checks += guarded("cluster key", lambda: check_key(key_file))

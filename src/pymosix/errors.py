@@ -25,5 +25,9 @@ class MigrationError(PymosixError):
     """A migration could not be done; the job continues where it was."""
 
 
+class JobCannotMove(MigrationError):
+    """The job itself cannot move, to any node (openMosix's cantmove); it stays where it is."""
+
+
 class CriuError(PymosixError):
     """CRIU is missing or failed."""

@@ -2,8 +2,9 @@
 
 Each line is ``NUMBER ADDRESS COUNT``: a node number (openMosix's own numbering, 1-based), the
 first IPv4 address, and how many consecutive addresses the line covers; ``#`` starts a comment.
-pymosix names nodes by address (node id = low 16 bits of the IP, as discovery does), so the first
-column is checked but otherwise only documents the file: a map written for openMosix still works.
+pymosix names nodes by address (node id = low 16 bits of the IP, as discovery does); the node
+numbers are kept too (a line ``1 10.0.0.1 3`` numbers 10.0.0.1..3 as 1..3), so that tools take
+them as node names (``migrate PID 2``), as openMosix's did.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ MAX_COUNT = 65536
 
 def parse_map(text: str, name: str = "map") -> list[tuple[NodeId, str]]:
     """Node ids and addresses of a map; ConfigError with ``name:line: reason`` on a bad line."""
-    out: list[tuple[NodeId, str]] = []
+    return [(node_id, ip) for _, node_id, ip in parse_numbered_map(text, name)]
+
+
+def parse_numbered_map(text: str, name: str = "map") -> list[tuple[int, NodeId, str]]:
+    """(node number, node id, address) of each node of a map."""
+    out: list[tuple[int, NodeId, str]] = []
     seen: dict[NodeId, str] = {}
+    numbers: dict[int, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -53,13 +60,18 @@ def parse_map(text: str, name: str = "map") -> list[tuple[NodeId, str]]:
                 raise ConfigError(
                     f"{where}: {ip} has node id {node_id}, already used by {seen[node_id]}"
                 )
-            seen[node_id] = ip
-            out.append((node_id, ip))
+            if int(number) + k in numbers:
+                raise ConfigError(
+                    f"{where}: node number {int(number) + k} ({ip}) is already {numbers[int(number) + k]}"
+                )
+            seen[node_id] = numbers[int(number) + k] = ip
+            out.append((int(number) + k, node_id, ip))
     return out
 
 
-def load_map(path: Path) -> list[tuple[NodeId, str]]:
-    """The map file's entries; ConfigError (one line) for anything wrong with it."""
+def load_map(path: Path) -> list[tuple[int, NodeId, str]]:
+    """(node number, node id, address) of each node of a map file; ConfigError (one line) for
+    anything wrong with it."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -68,4 +80,4 @@ def load_map(path: Path) -> list[tuple[NodeId, str]]:
         raise ConfigError(
             f"{path}: not a text file (not UTF-8); a map has lines 'NUMBER ADDRESS COUNT'"
         ) from None
-    return parse_map(text, str(path))
+    return parse_numbered_map(text, str(path))

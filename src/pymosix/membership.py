@@ -18,6 +18,7 @@ picks a smaller epoch and is ignored until the horizon has passed, about a minut
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from pymosix.ids import NodeId
@@ -46,6 +47,8 @@ class NodeEntry:
     static: bool = False
     gossip_port: int = 0
     migration_port: int = 0
+    #: The node's number in a static map (openMosix's numbering), 0 if it has none.
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +138,26 @@ class ClusterMap:
 
     # --- events ----------------------------------------------------------------------------
 
-    def add_static(self, entries: list[tuple[NodeId, str]], now: float) -> list[MapChanged]:
-        """Nodes from a map file: always in the map."""
+    def add_static(
+        self,
+        entries: list[tuple[NodeId, str]],
+        now: float,
+        numbers: Mapping[NodeId, int] | None = None,
+    ) -> list[MapChanged]:
+        """Nodes from a map file: always in the map, with the map's node numbers."""
+        numbers = numbers or {}
         joined = []
         for node_id, address in entries:
             if node_id == self.self_id:
+                me = self._nodes[node_id]
+                self._nodes[node_id] = replace(me, number=numbers.get(node_id, me.number))
                 continue
             if node_id in self._nodes:
                 self.record_conflict(node_id, address, now)
                 continue
-            self._nodes[node_id] = NodeEntry(node_id, address, now, now, static=True)
+            self._nodes[node_id] = NodeEntry(
+                node_id, address, now, now, static=True, number=numbers.get(node_id, 0)
+            )
             joined.append(node_id)
         return self._changed(joined=joined)
 

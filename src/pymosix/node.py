@@ -8,6 +8,7 @@ from pymosix.config import NodeConfig
 from pymosix.load.component import LoadComponent
 from pymosix.metrics import MetricsEndpoint
 from pymosix.migration.engine import MigrationEngine
+from pymosix.pool import PoolViews
 
 
 def build_agent(config: NodeConfig) -> NodeAgent:
@@ -18,7 +19,12 @@ def build_agent(config: NodeConfig) -> NodeAgent:
     agent.add_component(load)
     engine = MigrationEngine(agent, load)
     agent.add_component(engine)
+    agent.add_component(PoolViews(agent, engine))
     agent.add_component(Balancer(agent, load, engine))
     if config.metrics_port:
-        agent.add_component(MetricsEndpoint(agent, load))
+        agent.add_component(MetricsEndpoint(agent, load, engine))
+    if config.web_port:
+        from pymosix.web.server import WebMonitor
+
+        agent.add_component(WebMonitor(agent, load, engine))
     return agent

@@ -69,6 +69,10 @@ class JobView:
     #: When it last arrived by migration; None if it never moved.
     last_migrated_at: float | None = None
     migrations: int = 0
+    #: Nodes that refused it lately (pymosix.refusals): not tried again before their back-off.
+    refused_targets: frozenset[NodeId] = frozenset()
+    #: It cannot move at all for now (its own state, openMosix's cantmove).
+    stuck: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +229,7 @@ def accept_offer(me: NodeView, job_home: NodeId, believed_load: float, cpus: flo
 
 def _may_leave(snap: ClusterSnapshot, job: JobView) -> bool:
     """Whether locks, lstay and the per-job cool-down let the job leave automatically now."""
-    if job.locked:
+    if job.locked or job.stuck:
         return False
     if snap.me.lstay and job.home == snap.self_id:
         return False
@@ -239,6 +243,8 @@ def _may_leave(snap: ClusterSnapshot, job: JobView) -> bool:
 
 def _may_enter(snap: ClusterSnapshot, job: JobView, target: NodeView) -> bool:
     """Whether the job may run on target: node lists, and block (home always takes its own)."""
+    if target.node_id in job.refused_targets:
+        return False
     if target.node_id == job.home:
         return True
     if target.block:

@@ -38,6 +38,18 @@ def make_bed() -> Iterator[Callable[..., TestBed]]:
             bed.down()
 
 
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Background processes a test starts (append them); killed and reaped after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
+
+
 def wait_until(
     what: str, predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05
 ) -> float:

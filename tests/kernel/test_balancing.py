@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -33,14 +33,8 @@ def spread(bed: TestBed) -> dict[int, int]:
 
 
 @pytest.fixture
-def loops() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.kill()
-            p.wait()
+def loops(procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    return procs
 
 
 def start_loops(

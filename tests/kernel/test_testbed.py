@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pymosix import cgroups
 from pymosix.testbed import TestBed, down
 from pymosix.testbed.bed import ROOT
-from pymosix.testbed.kernel import CPUSET, links, netns_list, parse_cpu_list
+from pymosix.testbed.kernel import cgroup_tree, links, netns_list
 from tests.kernel.conftest import wait_until
 
 pytestmark = pytest.mark.kernel
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.kernel
 def leftovers(bed: TestBed) -> list[str]:
     out = [ns for ns in netns_list() if ns.startswith(f"pmx-{bed.name}-")]
     out += [ln for ln in links() if ln in {bed.bridge, *(n.veth for n in bed.nodes)}]
-    out += [p.name for p in CPUSET.glob(f"pmx-{bed.name}-*")]
+    out += [str(p) for t in cgroups.hierarchies() for p in t.find(f"pmx-{bed.name}-")]
     if (ROOT / bed.name).exists():
         out.append(str(ROOT / bed.name))
     return out
@@ -37,10 +38,11 @@ def test_nodes_are_namespaces_with_their_own_cpus_and_reach_each_other() -> None
             ],
         )
         assert r.returncode == 0, r.stderr
-        assert f"cpuset:/{bed.node(1).cpuset}" in r.stdout
+        tree = cgroup_tree()
+        assert f":/{bed.node(1).cpuset}\n" in r.stdout
         assert "192.168.100.11/24" in r.stdout
         assert r.stdout.split()[-1] != Path("/proc/self/ns/net").readlink().name
-        cpus = [parse_cpu_list((CPUSET / n.cpuset / "cpuset.cpus").read_text()) for n in bed.nodes]
+        cpus = [tree.cpus(tree.path(n.cpuset)) for n in bed.nodes]
         if len({c for cs in cpus for c in cs}) >= 2:
             assert cpus[0] != cpus[1], "with two host CPUs each node gets its own"
         ping = (
@@ -77,9 +79,11 @@ def test_up_on_top_of_leftovers_starts_clean() -> None:
     assert leftovers(bed) == []
 
 
-def test_static_map_without_discovery(tmp_path: Path) -> None:
+def test_static_map_without_discovery() -> None:
     name = f"t{secrets.token_hex(3)}"
-    mapfile = tmp_path / "openmosix.map"
+    # Not in /tmp: each node has its own.
+    ROOT.mkdir(parents=True, exist_ok=True)
+    mapfile = ROOT / f"{name}.map"
     mapfile.write_text("# two nodes, no multicast\n1 192.168.100.11 2\n")
     bed = TestBed.up(nodes=2, name=name, extra_args=["--map-file", str(mapfile)])
     try:
@@ -90,3 +94,4 @@ def test_static_map_without_discovery(tmp_path: Path) -> None:
             assert bed.call(i, "status")["discovery"] is False
     finally:
         bed.down()
+        mapfile.unlink(missing_ok=True)

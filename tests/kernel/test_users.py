@@ -106,7 +106,7 @@ def test_the_seed_loops_of_a_user_spread_two_and_two(
         assert host_uid(int(str(r["pid"]))) == pwd.getpwnam(user).pw_uid
 
 
-def test_another_user_can_neither_move_nor_signal_a_job(
+def test_another_user_can_neither_move_nor_signal_nor_ask_about_a_job(
     make_bed: MakeBed, jobs: list[Job], make_user: Callable[..., str]
 ) -> None:
     owner, other = make_user(), make_user()
@@ -118,6 +118,12 @@ def test_another_user_can_neither_move_nor_signal_a_job(
     assert "another user" in r.stderr
     r = bed.exec(1, ["kill", "-TERM", str(job.pid)], user=other)
     assert r.returncode != 0
+    r = bed.exec(1, ["mosctl", "cantmove", str(job.pid)], user=other)
+    assert r.returncode != 0
+    assert "another user" in r.stderr
+    r = bed.exec(1, ["mosctl", "cantmove", str(job.pid)], user=owner)
+    assert r.returncode == 0, r.stderr
+    assert "nothing keeps it from moving" in r.stdout
     assert job.proc.poll() is None
     assert job.node() == 0x640B
     # Its owner and root may.

@@ -9,11 +9,15 @@ from pathlib import Path
 import pytest
 
 from pymosix.doctor import (
+    CAP_CHECKPOINT_RESTORE,
     CAP_SYS_ADMIN,
     CAP_SYS_PTRACE,
+    CAP_SYS_RESOURCE,
     Check,
     Status,
     can_run_node,
+    check_capabilities,
+    check_cpuset,
     check_criu,
     check_kernel_options,
     check_key,
@@ -26,16 +30,42 @@ from pymosix.doctor import (
     run_all,
 )
 
-FULL = (1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE)
+FULL = 0x1FFFFFFFFFF  # CapEff of full root on a kernel whose cap_last_cap is 40
+HERE = 0x1FFFEFFFFFF  # this machine's: all but CAP_SYS_RESOURCE
 
 
 def test_root_and_caps() -> None:
-    assert check_root(0, FULL).status is Status.OK
-    not_root = check_root(1000, FULL)
+    assert check_root(0).status is Status.OK
+    not_root = check_root(1000)
     assert not_root.status is Status.FAIL
     assert "sudo" in not_root.line()
-    assert "CAP_SYS_PTRACE" in check_root(0, 1 << CAP_SYS_ADMIN).detail
-    assert effective_caps("Name:\tx\nCapEff:\t000001fffeffffff\n") == 0x1FFFEFFFFFF
+    assert effective_caps("Name:\tx\nCapEff:\t000001fffeffffff\n") == HERE
+
+
+def test_capabilities_say_what_fails_without_each() -> None:
+    ok = check_capabilities(FULL)
+    assert ok.status is Status.OK
+    for name in ("CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE", "CAP_SYS_RESOURCE"):
+        assert name in ok.detail
+    here = check_capabilities(HERE)
+    assert here.status is Status.WARN, "root's jobs still move; users' jobs with rlimits do not"
+    assert "CAP_SYS_RESOURCE" in here.detail
+    assert "Can't get rlimit 0: Operation not permitted" in here.detail
+    assert "--cap-add SYS_RESOURCE" in here.fix
+    no_ptrace = check_capabilities(FULL & ~(1 << CAP_SYS_PTRACE))
+    assert no_ptrace.status is Status.FAIL
+    assert "ptrace" in no_ptrace.detail
+    assert check_capabilities(FULL & ~(1 << CAP_SYS_ADMIN)).status is Status.FAIL
+    # The kernel takes CAP_SYS_ADMIN for CAP_CHECKPOINT_RESTORE; without both, both are named.
+    assert check_capabilities(FULL & ~(1 << CAP_CHECKPOINT_RESTORE)).status is Status.OK
+    neither = check_capabilities(FULL & ~(1 << CAP_CHECKPOINT_RESTORE) & ~(1 << CAP_SYS_ADMIN))
+    assert "CAP_CHECKPOINT_RESTORE" in neither.detail
+    assert "CAP_SYS_ADMIN" in neither.detail
+    # Before Linux 5.9 there is no CAP_CHECKPOINT_RESTORE to have.
+    old = check_capabilities((1 << 38) - 1, cap_last_cap=37)
+    assert old.status is Status.OK
+    assert "CAP_CHECKPOINT_RESTORE" not in old.detail
+    assert CAP_SYS_RESOURCE == 24
 
 
 def test_kernel_options_from_config() -> None:
@@ -57,8 +87,15 @@ def test_kernel_options_inferred(tmp_path: Path) -> None:
 def test_criu_check_results(tmp_path: Path) -> None:
     fake = tmp_path / "criu"
     fake.write_text("#!/bin/sh\n")
-    ok = check_criu(str(fake), runner=lambda c: (True, "4.1.1", "Looks good."))
-    assert ok.status is Status.OK
+    new = check_criu(str(fake), runner=lambda c: (True, "4.2.1", "Looks good."), kernel="6.18.4")
+    assert new.status is Status.OK
+    assert new.detail.startswith("4.2.1: jobs with sockets can move")
+    old = check_criu(str(fake), runner=lambda c: (True, "4.1.1", "Looks good."), kernel="6.18.4")
+    assert old.status is Status.WARN
+    assert "4.1.1: jobs holding inet sockets cannot move on Linux >= 6.16" in old.detail
+    assert "CRIU 4.2" in old.fix
+    ok = check_criu(str(fake), runner=lambda c: (True, "4.1.1", "Looks good."), kernel="6.12.0")
+    assert ok.status is Status.OK, "4.1 moves sockets on kernels before 6.16"
     assert "4.1.1" in ok.detail
     bad = check_criu(str(fake), runner=lambda c: (False, "3.17", "Unexpected rt vDSO area bounds"))
     assert bad.status is Status.FAIL
@@ -185,3 +222,47 @@ def test_cli_brief_json_and_exit_status(
     }
     assert cli.main(["--config", "/nonexistent.toml"]) == 2
     assert "no such config file" in capsys.readouterr().out
+
+
+def _cgroup_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_cgroup_line_tells_each_setup_apart(tmp_path: Path) -> None:
+    v1 = check_cpuset(_cgroup_files(tmp_path / "v1", {"cpuset/cpuset.cpus": "0-1\n"}))
+    assert (v1.name, v1.status) == ("cgroup", Status.OK)
+    assert v1.detail.startswith("v1 cpuset")
+    v2 = {"cgroup.controllers": "cpuset cpu io memory pids\n", "cgroup.subtree_control": ""}
+    available = check_cpuset(_cgroup_files(tmp_path / "v2", v2))
+    assert available.status is Status.OK
+    assert "cpuset available" in available.detail
+    delegated = v2 | {"cgroup.subtree_control": "cpuset cpu\n"}
+    assert "delegated" in check_cpuset(_cgroup_files(tmp_path / "v2d", delegated)).detail
+    bare = check_cpuset(_cgroup_files(tmp_path / "v2n", {"cgroup.controllers": "cpu io pids\n"}))
+    assert bare.status is Status.WARN
+    assert "without cpuset: bed nodes will share CPUs (CPU affinity is used instead)" in bare.detail
+    hybrid = {"unified/cgroup.controllers": "\n", "cpu/cpu.shares": "1024\n"}
+    assert "unified without cpuset" in check_cpuset(_cgroup_files(tmp_path / "h", hybrid)).detail
+    (tmp_path / "none").mkdir()
+    assert check_cpuset(tmp_path / "none").status is Status.WARN
+
+
+def test_fixes_name_the_setup_step_of_where_the_code_runs(tmp_path: Path) -> None:
+    from pymosix.install import reinstall_fix, setup_fix, source_tree
+
+    clone = tmp_path / "clone"
+    (clone / "src" / "pymosix").mkdir(parents=True)
+    (clone / "Makefile").write_text("setup:\n")
+    (clone / "pyproject.toml").write_text("")
+    assert source_tree(clone / "src" / "pymosix") == clone
+    assert setup_fix(clone / "src" / "pymosix") == f"run 'make setup' in {clone}"
+    wheel = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pymosix"
+    wheel.mkdir(parents=True)
+    (wheel.parent / "Makefile").write_text("")  # a stray Makefile beside it is not a clone
+    assert source_tree(wheel) is None
+    assert setup_fix(wheel) == "run 'sudo pymosix setup'"
+    assert "make" not in reinstall_fix(wheel)
+    assert "pip" in reinstall_fix(wheel)

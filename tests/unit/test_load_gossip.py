@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
 from pymosix.errors import DecodeError
 from pymosix.load.gossip import LoadEntry, LoadTable, choose_peers
-from pymosix.load.sampler import Sampler, own_cpuset, parse_cpu_list
 
 
 def entry(node_id: int, load: float, at: float) -> LoadEntry:
@@ -91,42 +89,3 @@ def test_choose_peers_is_a_random_subset() -> None:
     assert choose_peers([5], 3, rng) == [5]
     seen = {p for _ in range(200) for p in choose_peers(list(range(10)), 3, rng)}
     assert seen == set(range(10))
-
-
-def fake_proc(
-    tmp_path: Path, states: dict[int, str], cgroup: str = "3:cpuset:/node1"
-) -> tuple[Path, Path]:
-    proc = tmp_path / "proc"
-    (proc / "self").mkdir(parents=True)
-    (proc / "self" / "cgroup").write_text(f"{cgroup}\n4:memory:/\n")
-    for tid, state in states.items():
-        (proc / str(tid)).mkdir()
-        (proc / str(tid) / "stat").write_text(f"{tid} (perl x) {state} 1 2 3\n")
-    (proc / "stat").write_text(
-        "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 5 0 5 40 0 0 0 0\ncpu1 5 0 5 40 0 0 0 0\nprocs_running 4\n"
-    )
-    root = tmp_path / "cpuset"
-    (root / "node1" / "job").mkdir(parents=True)
-    (root / "node1" / "cpuset.cpus").write_text("1\n")
-    (root / "node1" / "tasks").write_text("101\n102\n")
-    (root / "node1" / "job" / "tasks").write_text("103\n")
-    return proc, root
-
-
-def test_sampler_counts_runnable_tasks_of_its_cpuset(tmp_path: Path) -> None:
-    proc, root = fake_proc(tmp_path, {101: "R", 102: "S", 103: "R", 999: "R"})
-    s = Sampler(proc=proc, cpuset_root=root)
-    assert s.cpus == [1]
-    assert s.runnable() == 2  # 101 and 103 (in a child cgroup); 999 is another node's
-    assert s.cpu_times().busy == 10
-
-
-def test_sampler_outside_a_cpuset_uses_the_run_queue(tmp_path: Path) -> None:
-    proc, root = fake_proc(tmp_path, {}, cgroup="3:cpuset:/")
-    assert own_cpuset(proc, root) is None
-    s = Sampler(proc=proc, cpuset_root=root)
-    assert s.runnable() == 3  # procs_running less the agent itself
-
-
-def test_parse_cpu_list() -> None:
-    assert parse_cpu_list("0-2,5\n") == [0, 1, 2, 5]

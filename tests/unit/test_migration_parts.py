@@ -46,7 +46,7 @@ def test_mosrun_options(
     ("args", "message"),
     [
         pytest.param([], "no command", id="empty"),
-        pytest.param(["-z", "cmd"], "unknown option -z", id="unknown"),
+        pytest.param(["-zq9", "cmd"], "unknown option or node -zq9", id="unknown"),
         pytest.param(["-jhome", "cmd"], "give node ids", id="list-home"),
         pytest.param(["-j", "cmd"], "give node ids", id="list-empty"),
     ],

@@ -11,10 +11,14 @@ from pymosix.cli._common import run_tool
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node", "run the node agent (one per host, as root)"),
     "doctor": ("doctor", "check that this host can run a node with migration"),
+    "setup": ("setup", "provision CRIU on this host (root), with the script the package ships"),
+    "install-tools": ("install_tools", "link the commands into /usr/local/bin (or --prefix)"),
     "keygen": ("keygen", "write a new cluster key"),
     "testbed": ("testbed", "a cluster of network namespaces on this machine"),
     "demo": ("demo", "replay the seed's walk-through on a test bed"),
     "install-service": ("install_service", "install the systemd unit for the node agent"),
+    "web": ("web", "where this node's web monitor is"),
+    "web-token": ("web_token", "your login token for this node's web monitor"),
 }
 
 

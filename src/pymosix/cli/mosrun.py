@@ -2,12 +2,21 @@
 
 Options (openMosix's mosrun, plus MOSIX's -b):
   -h        run at home (locked there unless -l)
-  -ID       start on node ID (decimal, 0x hex or IP; locked there unless -l)
-  -jLIST    start on one of these nodes, e.g. -j0x640b,0x640c (locked to them unless -l)
-  -F        with -ID/-j: fall back to home if that node is unavailable
+  -NODE     start on NODE (locked there unless -l): a hex id (-0x640b), a decimal id, a static
+            map's node number (-2), an IP address or a host name. An unknown node, or one not
+            heard from (down, or quiet), is an error before anything starts, unless -F
+  -jLIST    start on one of these nodes, e.g. -j0x640b,0x640c or -j1-3,7 (locked to them
+            unless -l); every node listed must be in the map, and one of them up, unless -F
+  -F        with -NODE/-j: if that node is unavailable, run at home instead of failing
   -b        start on the best node now
   -l / -L   unlock / lock against automatic migration;  -k  keep the default
-Wrappers: runhome CMD (= mosrun -h), runon ID CMD (= mosrun -ID), nomig CMD (= mosrun -L).
+Job kinds, accepted as openMosix's hints and ignored (pymosix measures what a job does, and
+ages its statistics one way): -c (CPU-bound), -i (I/O-bound), -n, -s, -f (no, slow, fast
+decay), -t TT, -d DEC (decay interval and rate), -e, -E, -r, -R.
+Wrappers: runhome CMD (= mosrun -h), runon NODE CMD (= mosrun -NODE), nomig CMD (= mosrun -L),
+cpujob / iojob / nodecay / slowdecay / fastdecay [-h|-NODE] CMD (= mosrun -c / -i / -n / -s / -f).
+A host name that looks like an option (beginning with j, or one of the letters above): use its
+address, or runon.
 
 mosrun relays stdin, stdout and stderr, forwards signals, and exits with the job's status (128+N
 when it died of signal N), wherever the job runs. Killing mosrun kills the job.
@@ -22,12 +31,14 @@ import os
 import selectors
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymosix.control_client import ControlClient
+from pymosix.cli._common import node_resolver
+from pymosix.control_client import ControlClient, call
 from pymosix.errors import PymosixError
-from pymosix.ids import HOME, parse_node_arg
+from pymosix.ids import HOME, NodeId, describe_node, expand_node_list, resolve_node
 
 FORWARDED = (
     signal.SIGINT,
@@ -51,14 +62,38 @@ class Options:
     fallback: bool = False
     best: bool = False
     lock: bool | None = None  # None: the default for the options given
+    #: openMosix job-kind and decay hints given (accepted, not acted on)
+    hints: list[str] = field(default_factory=list)
 
 
-def parse_args(args: list[str]) -> Options:
-    """openMosix-style options up to the command: -h, -ID, -jLIST, -F, -b, -l, -L, -k."""
+#: openMosix's job-kind and decay flags: hints that pymosix accepts and ignores.
+HINTS = {"-c", "-i", "-n", "-s", "-f", "-e", "-E", "-r", "-R"}
+#: ...and those of them that take a value (-t TT, -d DEC, or attached: -t5).
+VALUED_HINTS = {"-t", "-d"}
+
+Resolver = Callable[[str], "NodeId | str"]
+
+
+def parse_args(args: list[str], resolve: Resolver = resolve_node) -> Options:
+    """openMosix-style options up to the command: -h, -NODE, -jLIST, -F, -b, -l, -L, -k and the
+    job-kind hints. `resolve` turns a node name into its id (the map's numbers need the agent)."""
     o = Options()
     i = 0
     while i < len(args) and args[i].startswith("-") and args[i] != "-":
         a = args[i]
+        if a in HINTS:
+            o.hints.append(a)
+            i += 1
+            continue
+        if a[:2] in VALUED_HINTS and (a[2:].isdigit() or len(a) == 2):
+            if len(a) == 2:
+                i += 1
+                if i >= len(args) or not args[i].isdigit():
+                    raise PymosixError(f"{a} takes a whole number (an openMosix decay hint)")
+                a += args[i]
+            o.hints.append(a)
+            i += 1
+            continue
         if a == "--":
             i += 1
             break
@@ -78,17 +113,17 @@ def parse_args(args: list[str]) -> Options:
             o.lock = None
         elif a.startswith("-j"):
             try:
-                nodes = [parse_node_arg(x) for x in a[2:].split(",") if x]
+                nodes = [resolve(x) for x in expand_node_list(a[2:])]
             except ValueError as e:
                 raise PymosixError(f"{a}: {e}") from None
             if not nodes or HOME in nodes:
-                raise PymosixError(f"{a}: give node ids, e.g. -j0x640b,0x640c")
-            o.nodes = [int(n) for n in nodes]
+                raise PymosixError(f"{a}: give node ids, e.g. -j0x640b,0x640c or -j1-3,7")
+            o.nodes = list(dict.fromkeys(int(n) for n in nodes))
         else:
             try:
-                target = parse_node_arg(a[1:])
-            except ValueError:
-                raise PymosixError(f"unknown option {a} (see mosrun --help)") from None
+                target = resolve(a[1:])
+            except ValueError as e:
+                raise PymosixError(f"unknown option or node {a} (see mosrun --help): {e}") from None
             if target == HOME:
                 o.home = True
             else:
@@ -209,9 +244,37 @@ class Deputy:
         return None
 
 
+def placement_problem(o: Options, loads: list[dict[str, Any]]) -> str | None:
+    """Why -NODE / -j cannot be honoured, from the agent's load rows; None if it can."""
+    rows = {int(r["node_id"]): r for r in loads}
+    wanted = [o.where] if o.where is not None else o.nodes or []
+    unknown = [n for n in wanted if n not in rows]
+    if unknown:
+        names = ", ".join(describe_node(n) for n in unknown)
+        return f"node {names} is not in this node's map (see showmap)"
+    if wanted and not any(rows[n].get("up") or rows[n].get("self") for n in wanted):
+        names = ", ".join(describe_node(n) for n in wanted)
+        return f"node {names} is unreachable: no load information from it (down, or quiet)"
+    return None
+
+
+def place(o: Options) -> None:
+    """Fail before anything starts if the asked-for node is unavailable; with -F, run at home."""
+    if o.where is None and o.nodes is None:
+        return
+    problem = placement_problem(o, call("loads")["nodes"])
+    if problem is None:
+        return
+    if not o.fallback:
+        raise PymosixError(f"{problem}; nothing was started (-F runs it at home instead)")
+    print(f"mosrun: {problem}; running at home (-F)", file=sys.stderr)
+    o.where, o.nodes, o.home = None, None, True
+
+
 def run(args: list[str]) -> int:
     try:
-        o = parse_args(args)
+        o = parse_args(args, node_resolver())
+        place(o)
         client = ControlClient()
         client.send("run", **request(o))
         started = client.receive()
@@ -246,3 +309,17 @@ def runon_main() -> int:
 
 def nomig_main() -> int:
     return run(["-L", *sys.argv[1:]])
+
+
+def _hint_main(flag: str) -> Callable[[], int]:
+    def main() -> int:
+        return run([flag, *sys.argv[1:]])
+
+    return main
+
+
+cpujob_main = _hint_main("-c")
+iojob_main = _hint_main("-i")
+nodecay_main = _hint_main("-n")
+slowdecay_main = _hint_main("-s")
+fastdecay_main = _hint_main("-f")

@@ -27,7 +27,7 @@ _FLAGS = (
 )
 
 
-def build_config(argv: list[str]) -> tuple[NodeConfig, str | None]:
+def build_config(argv: list[str]) -> tuple[NodeConfig, str | None, bool]:
     p = argparse.ArgumentParser(prog="pymosix node", description=__doc__)
     p.add_argument(
         "--config", type=Path, help=f"TOML config (default {DEFAULT_CONFIG_FILE} if it exists)"
@@ -48,6 +48,11 @@ def build_config(argv: list[str]) -> tuple[NodeConfig, str | None]:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting"
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (file and flags) as TOML, and exit",
+    )
     args = p.parse_args(argv)
     overrides: dict[str, Any] = {}
     for name in _FLAGS:
@@ -62,7 +67,7 @@ def build_config(argv: list[str]) -> tuple[NodeConfig, str | None]:
             p.error(f"--set takes KEY=VALUE, not {item!r}")
         overrides[key] = value
     path = args.config or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
-    return load_config(path, overrides), args.log_file
+    return load_config(path, overrides), args.log_file, args.print_config
 
 
 def setup_logging(level: str, log_file: str | None) -> None:
@@ -81,7 +86,12 @@ def setup_logging(level: str, log_file: str | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    config, log_file = build_config(argv)
+    config, log_file, print_config = build_config(argv)
+    if print_config:
+        from pymosix.configdoc import render
+
+        sys.stdout.write(render(config, template=False))
+        return 0
     if config.map_file is not None:
         load_map(config.map_file)  # a bad map is one line now, not after the sockets are open
     setup_logging(config.log_level, log_file)

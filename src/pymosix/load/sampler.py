@@ -1,8 +1,9 @@
 """The only reader of /proc and the cgroup tree for load: what runs on this node's CPUs.
 
-A node's CPUs and processes are its cpuset's when it has one (the test bed gives each node its
-own), else the host's. Runnable work is the number of tasks in state R among them, as the run
-queue counts it, less the agent's own threads (it is running while it looks).
+A node's CPUs and processes are its cgroup's when it is confined to one (the test bed gives each
+node its own: a v1 or v2 cpuset, or a v2 cgroup plus CPU affinity; see `pymosix.cgroups`), else
+the host's. Runnable work is the number of tasks in state R among them, as the run queue counts
+it, less the agent's own threads (it is running while it looks).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import psutil
 
+from pymosix import cgroups
+from pymosix.cgroups import Hierarchy
 from pymosix.load.metric import CpuTimes, parse_cpu_line
-
-CPUSET_ROOT = Path("/sys/fs/cgroup/cpuset")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,32 +30,6 @@ class RawSample:
     mem_free: int
 
 
-def own_cpuset(proc: Path = Path("/proc"), root: Path = CPUSET_ROOT) -> Path | None:
-    """This process's cgroup v1 cpuset directory, or None at the root or without cpusets."""
-    try:
-        lines = (proc / "self" / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "cpuset" in controllers.split(","):
-            if path in ("", "/"):
-                return None
-            d = root / path.lstrip("/")
-            return d if d.is_dir() else None
-    return None
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """``0-2,5`` -> [0, 1, 2, 5]."""
-    out: list[int] = []
-    for part in text.strip().split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            out += range(int(lo), int(hi or lo) + 1)
-    return out
-
-
 def task_state(tid: int, proc: Path = Path("/proc")) -> str:
     try:
         return (proc / str(tid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -65,11 +40,12 @@ def task_state(tid: int, proc: Path = Path("/proc")) -> str:
 class Sampler:
     """Takes RawSamples of this node; built once per agent."""
 
-    def __init__(self, proc: Path = Path("/proc"), cpuset_root: Path = CPUSET_ROOT) -> None:
+    def __init__(self, proc: Path = Path("/proc"), tree: Hierarchy | None = None) -> None:
         self.proc = proc
-        self.cpuset = own_cpuset(proc, cpuset_root)
-        if self.cpuset is not None:
-            self.cpus = parse_cpu_list((self.cpuset / "cpuset.cpus").read_text())
+        self.tree = tree if tree is not None else cgroups.detect()
+        self.cgroup = self.tree.own(proc)
+        if self.cgroup is not None:
+            self.cpus = self.tree.cpus(self.cgroup, proc)
         else:
             self.cpus = list(range(os.cpu_count() or 1))
 
@@ -81,18 +57,13 @@ class Sampler:
 
     def runnable(self) -> int:
         mine = self.own_tids()
-        if self.cpuset is None:
+        if self.cgroup is None:
             # Host-wide: the kernel's own count of running tasks, less ourselves.
             for line in (self.proc / "stat").read_text().splitlines():
                 if line.startswith("procs_running"):
                     return max(0, int(line.split()[1]) - 1)
             return 0
-        tids: set[int] = set()
-        for tasks in self.cpuset.rglob("tasks"):
-            try:
-                tids.update(int(t) for t in tasks.read_text().split())
-            except (OSError, ValueError):
-                continue
+        tids = self.tree.tids(self.cgroup)
         return sum(1 for t in tids - mine if task_state(t, self.proc) == "R")
 
     def cpu_times(self) -> CpuTimes:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pymosix.config import find_criu
 from pymosix.errors import CriuError
+from pymosix.install import setup_fix
 
 #: Lines of a criu log that say what went wrong, best first.
 _ERROR_LINE = re.compile(r"\bError\b|\(\d+\.\d+\) Error|Can't|can't|Unable|failed", re.IGNORECASE)
@@ -147,9 +148,25 @@ class CriuDriver:
     def __init__(self, criu: str = "", timeout_s: float = 120.0) -> None:
         found = find_criu(criu)
         if found is None:
-            raise CriuError("no criu found: run 'make setup' or set PYMOSIX_CRIU")
+            raise CriuError(f"no criu found: {setup_fix()}, or set PYMOSIX_CRIU")
         self.criu = found
         self.timeout_s = timeout_s
+        self._version: tuple[int, ...] | None = None
+
+    async def version(self) -> tuple[int, ...]:
+        """criu's version as numbers, (4, 2, 1); () if it does not say. Asked once."""
+        if self._version is None:
+            proc = await asyncio.create_subprocess_exec(
+                self.criu,
+                "--version",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            m = re.search(r"Version:\s*(\d+(?:\.\d+)*)", out.decode(errors="replace"))
+            self._version = tuple(int(x) for x in m.group(1).split(".")) if m else ()
+        return self._version
 
     async def _run(
         self,
@@ -235,11 +252,30 @@ class CriuDriver:
         args = dump_args(pid, images, log, leave_stopped, fd)
         prefix: list[str] = []
         if owner is not None and owner[0] != 0 and not self.can_read_rlimits:
+            # Made just before: a criu of another version that finds it stale removes it.
             await self.ensure_kdat_cache()
             prefix = owner_prefix(*owner)
         await self._run(
             args, log, pass_fds=() if fd is None else (fd,), hand_over=page_socket, prefix=prefix
         )
+        return log
+        await self.ensure_kdat_cache()
+        try:
+            await self._run(
+                args,
+                log,
+                pass_fds=() if fd is None else (fd,),
+                hand_over=page_socket,
+                prefix=owner_prefix(*owner),
+            )
+        except CriuError as e:
+            # Another criu (another version) found the cache stale and removed it between our
+            # check and this run: criu failed before touching the job. Make it again, once.
+            if "kerndat" not in str(e) or page_socket is not None:
+                raise
+            KDAT_BOOT.unlink(missing_ok=True)
+            await self.ensure_kdat_cache()
+            await self._run(args, log, prefix=owner_prefix(*owner))
         return log
 
     @property

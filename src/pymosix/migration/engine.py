@@ -11,6 +11,7 @@ import pwd
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,16 +19,36 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from pymosix.control_server import ControlConnection
-from pymosix.errors import AuthError, CriuError, DecodeError, MigrationError, PymosixError
+from pymosix.errors import (
+    AuthError,
+    CriuError,
+    DecodeError,
+    JobCannotMove,
+    MigrationError,
+    PymosixError,
+)
 from pymosix.ids import format_node_id
+from pymosix.migration import cputime
+from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
 from pymosix.migration.link import ChannelLink, Frame, LocalLink
+from pymosix.migration.moves import (
+    RECENT_MOVES,
+    MoveRecord,
+    MoveStats,
+    Refused,
+    reason_of,
+    result_of,
+)
+from pymosix.migration.needs import Needs, look_here
+from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
+from pymosix.refusals import Refusals
 
 if TYPE_CHECKING:
     from pymosix.agent import NodeAgent
@@ -110,22 +131,30 @@ class MigrationEngine:
         self.image_root = image_root(agent.node_id, os.getpid())
         self.home_jobs: dict[int, HomeJob] = {}
         self.hosted: dict[tuple[int, int], HostedJob] = {}
+        #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
+        self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[Any]] = set()
         #: Migrations into this node under way (expel waits for them).
         self._incoming = 0
+        #: Recent moves in and out (the web monitor), and who hears of each (the metrics).
+        self.moves: deque[MoveRecord] = deque(maxlen=RECENT_MOVES)
+        self.move_listeners: list[Callable[[MoveRecord], None]] = []
         for op, handler in (
             ("run", self._op_run),
             ("jobs", self._op_jobs),
             ("migrate", self._op_migrate),
             ("expel", self._op_expel),
             ("bring", self._op_bring),
+            ("cantmove", self._op_cantmove),
         ):
             agent.control.register(op, handler)
         if load is not None:
             load.job_counts = self.job_counts
         #: The balancer's check of incoming jobs: (home node, believed load) -> reason to refuse.
         self.accept: Callable[[int, float | None], str | None] | None = None
+        #: The answer to a peer's QUERY frame (pymosix.pool sets it): read-only, no side effects.
+        self.answer_query: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     # --- life --------------------------------------------------------------------------------
 
@@ -263,10 +292,60 @@ class MigrationEngine:
 
     # --- moving ------------------------------------------------------------------------------
 
+    def _moved(self, record: MoveRecord) -> None:
+        self.moves.append(record)
+        for listener in self.move_listeners:
+            listener(record)
+
     async def migrate_hosted(
-        self, job: HostedJob, target: int, offer_load: float | None = None
+        self,
+        job: HostedJob,
+        target: int,
+        offer_load: float | None = None,
+        reason: str | None = None,
     ) -> int:
         """Move a job that runs here to `target` (a node id); `offer_load` marks an automatic move."""
+        why = reason_of(offer_load, reason)
+        t0 = time.monotonic()
+        try:
+            stats = await self._migrate_hosted(job, target, offer_load, why)
+        except BaseException as e:
+            self._moved(self._record(job.meta, "out", target, why, t0, e))
+            raise
+        self._moved(self._record(job.meta, "out", target, why, t0, None, *stats[1:]))
+        return target
+
+    def _record(
+        self,
+        meta: JobMeta,
+        direction: str,
+        other: int,
+        reason: str,
+        t0: float,
+        error: BaseException | None,
+        freeze_s: float | None = None,
+        image_bytes: int | None = None,
+    ) -> MoveRecord:
+        me = self.agent.node_id
+        return MoveRecord(
+            time.time(),
+            direction,
+            meta.home_node,
+            meta.home_pid,
+            meta.uid,
+            me if direction == "out" else other,
+            other if direction == "out" else me,
+            reason,
+            result_of(error),
+            round(time.monotonic() - t0, 4),
+            freeze_s,
+            image_bytes,
+            "" if error is None else str(error) or type(error).__name__,
+        )
+
+    async def _migrate_hosted(
+        self, job: HostedJob, target: int, offer_load: float | None, reason: str
+    ) -> MoveStats:
         if target == self.agent.node_id:
             raise MigrationError(
                 f"job {job.meta.home_pid} already runs on node {format_node_id(target)}"
@@ -277,10 +356,22 @@ class MigrationEngine:
                 f"node {target} ({format_node_id(target)}) is not in the map (see showmap)"
             )
         port = entry.migration_port or self.agent.config.migration_port
-        await job.migrate_out(entry.address, port, target, offer_load)
+        pid = job.meta.home_pid
+        try:
+            stats = await job.migrate_out(entry.address, port, target, offer_load, reason)
+        except (JobCannotMove, CriuError) as e:
+            # The job's own state (a pre-check, or what criu could not dump): any node.
+            self.refusals.record(pid, None, str(e), self.agent.now())
+            job.refused(str(e))
+            raise
+        except MigrationError as e:
+            self.refusals.record(pid, target, str(e), self.agent.now())
+            job.refused(str(e))
+            raise
+        self.refusals.cleared(pid)
         if self.load is not None:
             self.load.table.adjust(target, 1.0)
-        return target
+        return stats
 
     def _find_home_job(self, pid: int) -> HomeJob:
         job = self.home_jobs.get(pid)
@@ -321,6 +412,10 @@ class MigrationEngine:
         }
 
     async def _op_jobs(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        return {"node_id": self.agent.node_id, "jobs": self.job_rows()}
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """mps's rows: the jobs whose home is here (wherever they run) and the guests here."""
         rows = []
         me = self.agent.node_id
         for j in self.home_jobs.values():
@@ -337,6 +432,9 @@ class MigrationEngine:
                     "migrations": j.meta.migrations,
                     "locked": j.meta.locked,
                     "command": " ".join(j.meta.argv),
+                    "cpu_s": j.cpu_s,
+                    "freezes": j.freezes,
+                    "why": j.why,
                 }
             )
         for h in self.hosted.values():
@@ -355,11 +453,30 @@ class MigrationEngine:
                         "locked": h.meta.locked,
                         "command": " ".join(h.meta.argv),
                         "pid": h.pid,
+                        **{k: v for k, v in h.stats().items() if k in ("cpu_s", "freezes", "why")},
                     }
                 )
             elif h.meta.home_pid in self.home_jobs:
                 rows[[r["home_pid"] for r in rows].index(h.meta.home_pid)]["pid"] = h.pid
-        return {"node_id": me, "jobs": rows}
+        return rows
+
+    async def _op_cantmove(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
+        """Why a job cannot move (openMosix's /proc/PID/cantmove), for its owner and root."""
+        pid = int(req["pid"])
+        home = self.home_jobs.get(pid)
+        hosted = next((h for h in self.hosted.values() if h.meta.home_pid == pid), None)
+        if home is None and hosted is None:
+            raise PymosixError(f"no job with home PID {pid} here (see mps)")
+        job = home or hosted
+        assert job is not None
+        if conn.peer.uid not in (0, job.meta.uid):
+            raise PymosixError(f"job {pid} belongs to another user")
+        why: str | None = None
+        if hosted is not None and hosted.state == "running":
+            why = await asyncio.to_thread(cantmove, hosted.pid) or hosted.why
+        elif home is not None:
+            why = home.why
+        return {"home_pid": pid, "why": why}
 
     async def _op_expel(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Send every guest home; this node blocks guests from now on."""
@@ -375,7 +492,10 @@ class MigrationEngine:
             if not guests and not self._incoming:
                 break
             await _all_or_why(
-                [(h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node)) for h in guests],
+                [
+                    (h.meta.home_pid, self.migrate_hosted(h, h.meta.home_node, reason="expel"))
+                    for h in guests
+                ],
                 "some guests could not be sent home",
             )
             expelled += len(guests)
@@ -420,6 +540,8 @@ class MigrationEngine:
                     keep = True
             elif kind == Frame.MIGRATE:
                 keep = await self._receive(ch, p)
+            elif kind == Frame.QUERY and self.answer_query is not None:
+                await ch.send(Frame.REPLY, self.answer_query(p))
         except (
             EOFError,
             AuthError,
@@ -447,12 +569,25 @@ class MigrationEngine:
     async def _receive_job(self, ch: Channel, p: dict[str, Any]) -> bool:
         meta = JobMeta.from_wire(p["meta"])
         me = self.agent.node_id
+        t_offer = time.monotonic()
+        why = reason_of(p.get("offer_load"), p.get("reason"))
+        image_bytes = None
+
+        def moved(error: BaseException | None) -> None:
+            self._moved(
+                self._record(meta, "in", ch.peer_id, why, t_offer, error, None, image_bytes)
+            )
+
         refusal = None
         if self.agent.flags.block and meta.home_node != me:
             refusal = f"node {format_node_id(me)} blocks guests (mosctl noblock)"
         elif self.accept is not None and p.get("offer_load") is not None:
             refusal = self.accept(meta.home_node, float(p["offer_load"]))
+        if not refusal:
+            refusal = await self._check_needs(p.get("needs"))
         if refusal:
+            log.info("refused job %d of node %d: %s", meta.home_pid, ch.peer_id, refusal)
+            moved(Refused(refusal))
             await ch.send(Frame.FAILED, {"error": refusal})
             return False
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
@@ -467,15 +602,21 @@ class MigrationEngine:
             t_pages = time.monotonic()
             done = await self._drain_files(ch, images)
             t_received = time.monotonic()
+            image_bytes = sum(f.stat().st_size for f in images.iterdir())
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
+            stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
+            spent = cputime.account(meta, stint)
             hosted = await self._restore(
                 meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
+            await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
         except EOFError:
             log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
+            moved(MigrationError(f"node {ch.peer_id} gave up sending it"))
             return False
         except (CriuError, MigrationError, OSError, ValueError, TimeoutError) as e:
             log.warning("could not take job %d: %s", meta.home_pid, e)
+            moved(e)
             with contextlib.suppress(OSError, EOFError):
                 await ch.send(Frame.FAILED, {"error": str(e) or type(e).__name__})
             return False
@@ -497,13 +638,15 @@ class MigrationEngine:
         try:
             await self._link_home(hosted)
         except (OSError, EOFError, AuthError, TimeoutError) as e:
+            moved(e)
             hosted.deliver_signal(9)
             await ch.send(
                 Frame.FAILED, {"error": f"restored, but could not reach its home node: {e}"}
             )
             return False
         self._add_hosted(hosted)
-        await ch.send(Frame.RESTORED, {"pid": hosted.pid})
+        moved(None)
+        await ch.send(Frame.RESTORED, {"pid": hosted.pid, "image_bytes": image_bytes})
         log.info(
             "job %d arrived from node %d (pid %d here, move %d)",
             meta.home_pid,
@@ -512,6 +655,19 @@ class MigrationEngine:
             meta.migrations,
         )
         return False
+
+    async def _check_needs(self, wire: Any) -> str | None:
+        """The target's yes or no to what the job needs (migration/needs.py)."""
+        if wire is None:
+            return "the offer says nothing of what the job needs (update pymosix on that node)"
+        try:
+            needs = Needs.from_wire(wire)
+        except (KeyError, TypeError, ValueError) as e:
+            return f"malformed offer: {e or type(e).__name__}"
+        here = await asyncio.to_thread(
+            look_here, needs, self.agent.node_id, await self.criu.version(), self.image_root
+        )
+        return needs_refusal(needs, here)
 
     async def _drain_files(self, ch: Channel, images: Path) -> dict[str, Any]:
         """Write the image files that follow the pages; the DONE frame's payload."""

@@ -41,6 +41,10 @@ class HomeJob:
     state: str = "running"
     cpu_percent: float = 0.0
     rss: int = 0
+    #: CPU seconds in all, on every node it ran on; times frozen; why it cannot move.
+    cpu_s: float = 0.0
+    freezes: int = 0
+    why: str | None = None
     exit: dict[str, Any] | None = None
     paused: bool = False
     held: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -151,6 +155,9 @@ class HomeJob:
                 return
             elif kind == Frame.STATS:
                 self.cpu_percent, self.rss = float(p["cpu"]), int(p["rss"])
+                self.cpu_s = float(p.get("cpu_s", self.cpu_s))
+                self.freezes = int(p.get("freezes", self.freezes))
+                self.why = p.get("why") if isinstance(p.get("why"), str) else None
             elif kind == Frame.PAUSE:
                 self.paused = True
                 await self.to_host(Frame.PAUSED, {})

@@ -27,9 +27,12 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from pymosix.errors import CriuError, MigrationError
+from pymosix.migration import cputime
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.link import Frame, Link
+from pymosix.migration.moves import CannotMove, MoveStats, Refused
+from pymosix.migration.needs import gather
 from pymosix.migration.pages import page_socketpair, relay_pages
 
 if TYPE_CHECKING:
@@ -70,9 +73,16 @@ class JobMeta:
     migrations: int = 0
     locked: bool = False
     allowed_nodes: list[int] | None = None
+    #: CPU seconds the job's processes used on the nodes before this one (CRIU restarts the
+    #: kernel's count at every restore).
+    cpu_s: float = 0.0
+    #: The same per process, by its PID in the job's namespace (for RLIMIT_CPU: cputime.py).
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    #: Times it was frozen for a move, failed moves included.
+    freezes: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dict(self.__dict__) | {"cpu_by_pid": {str(k): v for k, v in self.cpu_by_pid.items()}}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> JobMeta:
@@ -85,6 +95,9 @@ class JobMeta:
             migrations=int(d["migrations"]),
             locked=bool(d["locked"]),
             allowed_nodes=[int(n) for n in d["allowed_nodes"]] if d.get("allowed_nodes") else None,
+            cpu_s=float(d.get("cpu_s", 0.0)),
+            cpu_by_pid={int(k): float(v) for k, v in dict(d.get("cpu_by_pid") or {}).items()},
+            freezes=int(d.get("freezes", 0)),
         )
 
 
@@ -133,6 +146,10 @@ class HostedJob:
     killed_by: int | None = None
     cpu_percent: float = 0.0
     rss: int = 0
+    #: CPU seconds its processes used here (the total is meta.cpu_s plus this).
+    cpu_here_s: float = 0.0
+    #: Why it could not move, last time it tried (mps WHY, mosctl cantmove).
+    why: str | None = None
     _moving: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _in_paused: bool = False
@@ -270,13 +287,32 @@ class HostedJob:
                 procs = [proc]
                 with contextlib.suppress(psutil.Error):
                     procs += proc.children(recursive=True)
-                cpu = rss = 0.0
+                cpu = rss = used = 0.0
                 for p in procs:
                     with contextlib.suppress(psutil.Error):
                         cpu += p.cpu_percent() if p is not proc else proc.cpu_percent()
                         rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        used += t.user + t.system
                 self.cpu_percent, self.rss = cpu, int(rss)
-                self._outq.put_nowait((Frame.STATS, {"cpu": round(cpu, 1), "rss": int(rss)}))
+                self.cpu_here_s = max(self.cpu_here_s, used)
+                self._outq.put_nowait((Frame.STATS, self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        """What home shows of the job (mps): CPU now, memory, CPU time in all, why it stays."""
+        return {
+            "cpu": round(self.cpu_percent, 1),
+            "rss": self.rss,
+            "cpu_s": round(self.meta.cpu_s + self.cpu_here_s, 2),
+            "freezes": self.meta.freezes,
+            "why": self.why,
+        }
+
+    def refused(self, why: str | None) -> None:
+        """Note why the job could not move (None: it may again); home hears of it at once."""
+        if why != self.why:
+            self.why = why
+            self._outq.put_nowait((Frame.STATS, self.stats()))
 
     def _on_exit(self) -> None:
         try:
@@ -360,28 +396,37 @@ class HostedJob:
     # --- moving out --------------------------------------------------------------------------
 
     async def migrate_out(
-        self, address: str, port: int, target: int, offer_load: float | None = None
-    ) -> None:
+        self,
+        address: str,
+        port: int,
+        target: int,
+        offer_load: float | None = None,
+        reason: str = "request",
+    ) -> MoveStats:
         """Move the job to the node at address:port; on any failure it continues here."""
         async with self._moving:
             if self.state != "running":
                 raise MigrationError(f"job {self.meta.home_pid} is {self.state}")
-            reason = cantmove(self.pid)
-            if reason:
-                raise MigrationError(f"job {self.meta.home_pid} cannot move: {reason}")
+            why = cantmove(self.pid)
+            if why:
+                raise CannotMove(f"job {self.meta.home_pid} cannot move: {why}")
             t_begin = time.monotonic()
             # Ask first: a target that is down or says no costs the job nothing.
-            ch = await self._offer(address, port, target, offer_load)
+            ch = await self._offer(address, port, target, offer_load, reason)
             try:
-                await self._move(ch, target, t_begin)
+                return await self._move(ch, target, t_begin)
             finally:
                 await ch.aclose()
 
     async def _offer(
-        self, address: str, port: int, target: int, offer_load: float | None
+        self, address: str, port: int, target: int, offer_load: float | None, reason: str
     ) -> Channel:
         """A channel to the target, which has agreed to take this job."""
         keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
+        uid, gid = process_owner(self.pid) or (self.meta.uid, self.meta.uid)
+        needs = await asyncio.to_thread(
+            gather, self.pid, uid, gid, await self.engine.criu.version()
+        )
         try:
             ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
         except (OSError, TimeoutError) as e:
@@ -389,10 +434,21 @@ class HostedJob:
                 f"cannot reach node {target} at {address}:{port}: {e or type(e).__name__}"
             ) from None
         try:
-            meta = self.meta.to_wire() | {"migrations": self.meta.migrations + 1}
+            # As the job will be once it arrives: moved and frozen once more.
+            meta = self.meta.to_wire() | {
+                "migrations": self.meta.migrations + 1,
+                "freezes": self.meta.freezes + 1,
+            }
             wire_keys = {str(k): v for k, v in keys.items()}
             await ch.send(
-                Frame.MIGRATE, {"meta": meta, "keys": wire_keys, "offer_load": offer_load}
+                Frame.MIGRATE,
+                {
+                    "meta": meta,
+                    "keys": wire_keys,
+                    "offer_load": offer_load,
+                    "reason": reason,
+                    "needs": needs.to_wire(),
+                },
             )
             kind, p = await asyncio.wait_for(ch.recv(), 30)
         except BaseException as e:
@@ -403,10 +459,10 @@ class HostedJob:
             raise
         if kind != Frame.READY:
             await ch.aclose()
-            raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
+            raise Refused(f"the target refused: {p.get('error', 'no reason given')}")
         return ch
 
-    async def _move(self, ch: Channel, target: int, t_begin: float) -> None:
+    async def _move(self, ch: Channel, target: int, t_begin: float) -> MoveStats:
         """Freeze, stream the image, restore on the target; roll back here on any failure."""
         images = Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
         self._paused_ack.clear()
@@ -425,6 +481,7 @@ class HostedJob:
             t_freeze = time.monotonic()
             criu_end, ours = page_socketpair()
             relay = asyncio.ensure_future(relay_pages(ch, ours, limit=1 << 20))
+            self.meta.freezes += 1
             # The log lives beside the images, not in them: a rollback removes them.
             dump_log = Path(self.engine.image_root) / f"dump-{self.meta.home_pid}.log"
             try:
@@ -463,7 +520,9 @@ class HostedJob:
             await asyncio.wait_for(self._flush_ack.wait(), 10)
             leftover = _read_available(self.stdin_r)
             t_flushed = time.monotonic()
-            new_pid = await self._finish_transfer(ch, images, leftover + bytes(self.pending_in))
+            new_pid, image_bytes = await self._finish_transfer(
+                ch, images, leftover + bytes(self.pending_in), cputime.used_by_tree(self.pid)
+            )
         except BaseException as e:
             # Rollback: the unread stdin goes back into the pipe, the job goes on here.
             if leftover and self.stdin_w is not None:
@@ -509,6 +568,7 @@ class HostedJob:
             t_freeze - t_begin,
         )
         self.finish()
+        return MoveStats(new_pid, t_done - t_freeze, image_bytes)
 
     async def _reap_original(self) -> None:
         for _ in range(500):
@@ -520,9 +580,12 @@ class HostedJob:
                 return
             await asyncio.sleep(0.01)
 
-    async def _finish_transfer(self, ch: Channel, images: Path, stdin: bytes) -> int:
-        """Send what the dump left here (all but the pages) and the unread stdin; the pid the
-        job has on the target once it is restored there."""
+    async def _finish_transfer(
+        self, ch: Channel, images: Path, stdin: bytes, cpu_used: dict[int, float]
+    ) -> tuple[int, int]:
+        """Send what the dump left here (all but the pages), the unread stdin and the CPU time
+        each process used here (by its PID in the job's namespace); the pid the job has on the
+        target once it is restored there, and the image bytes it received."""
         for f in sorted(images.iterdir()):
             if f.name.endswith(".log"):
                 continue
@@ -533,8 +596,15 @@ class HostedJob:
                     chunk, first = fh.read(FILE_CHUNK), False
                     if not chunk:
                         break
-        await ch.send(Frame.DONE, {"stdin": stdin, "stdin_eof": self.stdin_eof})
+        await ch.send(
+            Frame.DONE,
+            {
+                "stdin": stdin,
+                "stdin_eof": self.stdin_eof,
+                "cpu_used": {str(k): v for k, v in cpu_used.items()},
+            },
+        )
         kind, p = await asyncio.wait_for(ch.recv(), 120)
         if kind != Frame.RESTORED:
             raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
-        return int(p["pid"])
+        return int(p["pid"]), int(p.get("image_bytes") or 0)

@@ -10,7 +10,8 @@ peer agent; the code on either end is the same. The frame kinds and what they ca
                 MIGRATE {meta, keys, offer_load} -> READY | FAILED {error};
                 then PAGES {data}... PAGES_END both ways (migration/pages.py), the other
                 image files as FILE {name, data, first}..., DONE {stdin, stdin_eof}
-                -> RESTORED {pid} | FAILED {error}
+                -> RESTORED {pid} | FAILED {error};
+                QUERY {what} -> REPLY {...} (a read-only question for the pool views, pymosix/pool.py)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Frame(IntEnum):
     READY = 28
     PAGES = 29
     PAGES_END = 30
+    QUERY = 40
 
 
 class Link(Protocol):

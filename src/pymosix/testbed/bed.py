@@ -1,6 +1,7 @@
 """TestBed: nodes node1..nodeN at 192.168.100.(10+i)/24, one network namespace each on one
-bridge, each with its own CPU(s) through a cpuset, its own mount namespace (private /tmp,
-/var/tmp and /dev/shm: see testbed/mounts.py), its own state directory and agent, all sharing
+bridge, each with its own CPU(s) through a cgroup (a cpuset, or CPU affinity where cgroup v2
+has no cpuset controller: `pymosix.cgroups`), its own mount namespace (private /tmp, /var/tmp and
+/dev/shm: see testbed/mounts.py), its own state directory and agent, all sharing
 one generated cluster key (DESIGN.md §4).
 
 What separate machines share through NFS, bed nodes share as one file system: every path
@@ -32,12 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pymosix import cgroups
 from pymosix.control_client import call
 from pymosix.errors import PymosixError
 from pymosix.keys import write_key
 from pymosix.migration.engine import remove_images_of
 from pymosix.testbed import kernel, mounts
-from pymosix.testbed.kernel import CPUSET, ip
+from pymosix.testbed.kernel import ip
 
 ROOT = Path("/run/pymosix-testbed")
 #: Agents this process started, kept so they are reaped (and Popen does not warn) when killed.
@@ -158,7 +160,7 @@ class TestBed:
             bed._make_network()
             for node in bed.nodes:
                 Path(node.dir).mkdir(mode=0o711, exist_ok=True)
-                kernel.make_cpuset(node.cpuset, node.cpus)
+                kernel.cgroup_tree().create(node.cpuset, node.cpus)
                 mounts.make_mount_ns(Path(node.mntns).name)
             for i in agents if agents is not None else range(1, nodes + 1):
                 bed.start_agent(i, wait=False)
@@ -244,19 +246,20 @@ class TestBed:
 
     def _enter(self, node: BedNode, user: str | None = None, cwd: str | None = None) -> list[str]:
         """argv prefix that runs the rest inside the node: its netns, mount namespace and
-        cpuset, as `user` if given (root otherwise).
+        cgroup and CPUs, as `user` if given (root otherwise).
 
         nsenter rather than `ip netns exec`, which remounts /sys and so hides the cgroup tree that
         the agent's load sampler reads. Entering a mount namespace moves to its root, so the
         working directory is set again: `cwd`, else the caller's, unless the node cannot see it.
         """
-        tasks = CPUSET / node.cpuset / "tasks"
+        tree = kernel.cgroup_tree()
+        join = tree.join_script(tree.path(node.cpuset), node.cpus)
         wd = cwd or os.getcwd()
         if any(wd == d or wd.startswith(d + "/") for d in mounts.PRIVATE_DIRS):
             wd = "/"
         # cd from inside: nsenter's --wd opens the directory before it enters the namespace,
         # which leaves the cwd outside the node's root (getcwd() fails for the command).
-        script = f'cd {shlex.quote(wd)} 2>/dev/null || cd /; echo $$ > {tasks} && exec "$@"'
+        script = f'cd {shlex.quote(wd)} 2>/dev/null || cd /; {join} && exec "$@"'
         enter = ["nsenter", f"--net=/run/netns/{node.netns}"]
         if node.mntns:
             enter.append(f"--mount={node.mntns}")
@@ -500,9 +503,8 @@ def down(name: str) -> None:
     tag = bed_tag(name)
     ns_prefix = f"{PREFIX}-{name}-node"
     namespaces = [ns for ns in kernel.netns_list() if ns.startswith(ns_prefix)]
-    cpusets = (
-        [p for p in CPUSET.glob(f"{PREFIX}-{name}-node*") if p.is_dir()] if CPUSET.exists() else []
-    )
+    # Every mounted hierarchy: the bed may have been made where another one was in use.
+    cgs = [(t, p) for t in cgroups.hierarchies() for p in t.find(f"{PREFIX}-{name}-node")]
     # Processes first (agents, jobs, anything exec'd into a node), then the objects they held.
     killed = []
     for ns in namespaces:
@@ -510,8 +512,8 @@ def down(name: str) -> None:
         kernel.kill_pids(pids)
         killed += pids
     remove_images_of(killed)
-    for cg in cpusets:
-        kernel.remove_cpuset(cg)
+    for tree, cg in cgs:
+        kernel.remove_cgroup(tree, cg)
     for ns in namespaces:
         ip("netns", "delete", ns, check=False)
     for mnt in mounts.mount_namespaces(ns_prefix):

@@ -1,5 +1,5 @@
-"""Thin wrappers over iproute2 and the cgroup v1 cpuset hierarchy; every call is idempotent
-where teardown needs it to be."""
+"""Thin wrappers over iproute2 and the cgroup tree (v1 or v2, through `pymosix.cgroups`); every
+call is idempotent where teardown needs it to be."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-CPUSET = Path("/sys/fs/cgroup/cpuset")
+from pymosix import cgroups
+from pymosix.cgroups import Hierarchy
 
 
 class KernelError(RuntimeError):
@@ -39,38 +40,14 @@ def netns_pids(ns: str) -> list[int]:
     return [int(x) for x in ip("netns", "pids", ns, check=False).split() if x.isdigit()]
 
 
+def cgroup_tree() -> Hierarchy:
+    """The hierarchy the bed confines its nodes in here (see `pymosix.cgroups.detect`)."""
+    return cgroups.detect()
+
+
 def host_cpus() -> list[int]:
-    """The CPUs the root cpuset has (the host's online CPUs)."""
-    try:
-        return parse_cpu_list((CPUSET / "cpuset.cpus").read_text())
-    except OSError:
-        return list(range(os.cpu_count() or 1))
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """``0-2,5`` -> [0, 1, 2, 5]."""
-    out: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def make_cpuset(name: str, cpus: list[int]) -> Path:
-    path = CPUSET / name
-    path.mkdir(exist_ok=True)
-    (path / "cpuset.cpus").write_text(",".join(map(str, cpus)))
-    (path / "cpuset.mems").write_text((CPUSET / "cpuset.mems").read_text().strip())
-    return path
-
-
-def cgroup_pids(path: Path) -> list[int]:
-    try:
-        return [int(x) for x in (path / "tasks").read_text().split()]
-    except OSError:
-        return []
+    """The host's CPUs (those of the root cpuset, where there is one)."""
+    return cgroup_tree().host_cpus()
 
 
 def kill_pids(pids: list[int], timeout_s: float = 5.0) -> None:
@@ -92,14 +69,21 @@ def kill_pids(pids: list[int], timeout_s: float = 5.0) -> None:
             time.sleep(0.01)
 
 
-def remove_cpuset(path: Path) -> None:
+def remove_cgroup(tree: Hierarchy, path: Path) -> None:
+    """Kill what is in the cgroup (and below), then remove it, innermost first."""
     for _ in range(100):
-        kill_pids(cgroup_pids(path))
+        tree.kill(path)
+        kill_pids(tree.pids(path))
         try:
+            for d in sorted(
+                (p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+            ):
+                d.rmdir()
             path.rmdir()
             return
         except FileNotFoundError:
-            return
+            if not path.exists():
+                return
         except OSError:
             time.sleep(0.05)
     raise KernelError(f"cannot remove cgroup {path}: processes remain in it")

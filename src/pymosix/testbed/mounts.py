@@ -11,6 +11,7 @@ outside the private directories are the same on every node, as with a shared /ho
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -54,13 +55,22 @@ def make_mount_ns(name: str) -> Path:
     _run(["mount", "--make-private", str(HOLDERS)])
     path = holder(name)
     path.touch()
-    try:
-        _run(
-            ["unshare", f"--mount={path}", "--propagation", "private", "sh", "-c", _SETUP],
-        )
-    except KernelError:
-        remove_mount_ns(name)
-        raise
+    argv = ["unshare", f"--mount={path}", "--propagation", "private", "sh", "-c", _SETUP]
+    # Binding a namespace file is refused (EINVAL) when the kernel takes the new namespace for
+    # an older one than the caller's: on Linux 6.18 namespace ids come from per-CPU batches, so
+    # a caller that is itself in a young namespace may see this on some CPUs. Try each CPU.
+    tries = [argv] + [["taskset", "-c", str(cpu), *argv] for cpu in sorted(os.sched_getaffinity(0))]
+    for i, attempt in enumerate(tries):
+        try:
+            _run(attempt)
+            return path
+        except KernelError:
+            if i == len(tries) - 1:
+                remove_mount_ns(name)
+                raise
+            subprocess.run(
+                ["umount", "-l", str(path)], capture_output=True, timeout=10, check=False
+            )
     return path
 
 
