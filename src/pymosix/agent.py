@@ -28,7 +28,7 @@ from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer, Limits
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
-from pymosix.keys import read_key, write_key
+from pymosix.keys import KeyRing, read_keys, write_key
 from pymosix.mapfile import load_map
 from pymosix.membership import ClusterMap, MapChanged, change_message, new_epoch
 from pymosix.netif import auto_interface
@@ -154,7 +154,8 @@ class NodeAgent:
         self.config = config
         self.address, self.interface = resolve_address(config)
         self.node_id: NodeId = node_id_from_ip(self.address)
-        self.key = self._load_key()
+        #: The cluster keys: datagrams and channels accept any, and sign with keys.current.
+        self.keys = self._load_keys()
         # Later starts get larger epochs: a node comes back only with a fresh one (membership.py).
         self.epoch = new_epoch(self.wall_ms(), secrets.randbits(32))
         self._seq = 0
@@ -325,7 +326,7 @@ class NodeAgent:
     def _seal(self, kind: int, payload: dict[str, Any]) -> bytes:
         self._seq += 1
         env = Envelope(kind, self.node_id, self.epoch, self._seq, self.wall_ms(), payload)
-        return seal(self.key, env)
+        return seal(self.keys.current, env)
 
     def _multicast(self, kind: int, payload: dict[str, Any]) -> None:
         if self._mcast is None:
@@ -358,6 +359,8 @@ class NodeAgent:
         while True:
             await asyncio.sleep(TICK_S)
             self._apply(self.cluster.tick(self.now()))
+            for line in self.keys.refresh(time.time()):
+                log.warning("%s", line)
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -367,7 +370,7 @@ class NodeAgent:
         self.counters.received += 1
         self.counters.bytes_received += len(data)
         try:
-            env = unseal(self.key, data)
+            env = unseal(self.keys.all, data)
             self.replay.check(env, self.wall_ms())
         except DecodeError as e:
             self.counters.rejected_malformed += 1
@@ -499,6 +502,8 @@ class NodeAgent:
             "discovery": self._mcast is not None,
             "map_file": str(self.config.map_file) if self.config.map_file else None,
             "key_file": str(self.config.key_file),
+            "keys": [k.name for k in self.keys.keys],
+            "signing_key": self.keys.signing.name,
             "conflicts": len(self.cluster.conflicts),
             "offenders": self.offenders.to_json(self.now()),
             "max_clock_skew_ms": self.config.max_clock_skew_ms,
@@ -528,13 +533,12 @@ class NodeAgent:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _load_key(self) -> bytes:
+    def _load_keys(self) -> KeyRing:
         path = self.config.key_file
         if not path.exists():
-            key = write_key(path)
+            write_key(path)
             log.warning(
                 "no cluster key: made a new one at %s; every other node needs a copy of this file",
                 path,
             )
-            return key
-        return read_key(path)
+        return read_keys(path)

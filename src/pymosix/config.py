@@ -168,7 +168,8 @@ def _check_address(name: str, value: str, multicast: bool) -> None:
         raise ConfigError(
             f"{name}: {value} is not a multicast group (use one in 224.0.0.0/4, like 239.255.77.77)"
         )
-    if not multicast and (ip.is_multicast or ip.is_unspecified or ip.is_loopback):
+    # Loopback stays allowed: a lone node on 127.0.0.1 is a way to try the tools.
+    if not multicast and (ip.is_multicast or ip.is_unspecified):
         raise ConfigError(f"{name}: {value} cannot be a node's address (use its LAN address)")
 
 

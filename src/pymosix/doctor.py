@@ -21,7 +21,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from pymosix.config import DEFAULT_KEY_FILE, find_criu
+from pymosix.errors import ConfigError
 from pymosix.install import reinstall_fix, setup_fix
+from pymosix.keys import read_keys
 from pymosix.netif import auto_interface_name
 
 
@@ -63,8 +65,8 @@ CRIU_CAPABILITIES = (
     (
         CAP_SYS_RESOURCE,
         "CAP_SYS_RESOURCE",
-        "a job with a non-root process fails to dump "
-        '("Can\'t get rlimit 0: Operation not permitted")',
+        "root's criu may not read users' rlimits; pymosix dumps users' jobs with the owner's "
+        "real uid instead (a job with processes of two users cannot move)",
     ),
 )
 
@@ -72,7 +74,16 @@ CRIU_CAPABILITIES = (
 CRIU_SOCKETS = (4, 2)
 KERNEL_SOCKETS = (6, 16)
 
-PYTHON_DEPENDENCIES = ("cryptography", "msgpack", "psutil", "rich", "textual", "prometheus_client")
+PYTHON_DEPENDENCIES = (
+    "aiohttp",
+    "cryptography",
+    "msgpack",
+    "noise",
+    "psutil",
+    "rich",
+    "textual",
+    "prometheus_client",
+)
 
 
 def effective_caps(status_text: str) -> int:
@@ -311,7 +322,11 @@ def check_key(path: Path = DEFAULT_KEY_FILE) -> Check:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         return Check("cluster key", Status.FAIL, f"{path} has mode {mode:o}", f"chmod 600 {path}")
-    return Check("cluster key", Status.OK, f"{path} (mode 600)")
+    try:
+        ring = read_keys(path)
+    except ConfigError as e:  # the message names the fix
+        return Check("cluster key", Status.FAIL, str(e))
+    return Check("cluster key", Status.OK, f"{path} (mode 600): {ring.describe()}")
 
 
 def check_python_dependencies(

@@ -165,7 +165,7 @@ class PoolViews:
         async def exchange() -> dict[str, Any]:
             port = entry.migration_port or self.agent.config.migration_port
             ch = await open_channel(
-                entry.address, port, self.agent.key, self.agent.node_id, timeout_s
+                entry.address, port, self.agent.keys, self.agent.node_id, timeout_s
             )
             try:
                 await ch.send(Frame.QUERY, query)

@@ -1,96 +1,182 @@
-"""The migration channel: handshake and frames refuse wrong keys, replays, tampering, truncation."""
+"""The agent channel: the Noise handshake refuses wrong keys, replays and tampering and gives
+forward secrecy; frames refuse replays, reordering, tampering, truncation."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from noise.connection import NoiseConnection
 
 from pymosix.errors import AuthError, DecodeError
+from pymosix.keys import ClusterKey, KeyRing
+from pymosix.migration import channel
 from pymosix.migration.channel import (
+    CONFIRM,
     HELLO_BYTES,
     MAX_FRAME,
+    REPLY_BYTES,
+    Channel,
+    ClientHandshake,
     FrameCipher,
-    Transcript,
-    client_finish,
-    client_hello,
+    Session,
     decode_frame,
     encode_frame,
     frame_length,
     open_channel,
     serve_channels,
-    server_finish,
     server_reply,
-    session_ciphers,
 )
 
 KEY = bytes(range(32))
 OTHER = bytes(32)
+#: Injecting an ephemeral key (to replay a session exactly) makes the library warn, rightly.
+injects_ephemeral = pytest.mark.filterwarnings("ignore:One of ephemeral keypairs")
 
 
-def handshake(ckey: bytes = KEY, skey: bytes = KEY) -> tuple[Transcript, Transcript, bytes, bytes]:
-    cn, sn = os.urandom(32), os.urandom(32)
-    hello = client_hello(cn, 0x640B)
+def handshake(
+    ckeys: KeyRing | bytes = KEY, skeys: KeyRing | bytes = KEY, ephemeral: bytes | None = None
+) -> tuple[Session, Session, bytes, bytes]:
+    """(client session, server session, hello, reply) of one handshake, 0x640b to 0x640c."""
+    client = ClientHandshake(ckeys, 0x640B, ephemeral)
+    hello = client.hello
     assert len(hello) == HELLO_BYTES
-    reply, st = server_reply(skey, hello, sn, 0x640C)
-    proof, ct = client_finish(ckey, cn, 0x640B, reply)
-    server_finish(skey, st, proof)
-    return ct, st, hello, proof
+    reply, server = server_reply(skeys, hello, 0x640C)
+    assert len(reply) == REPLY_BYTES
+    return client.finish(reply), server, hello, reply
 
 
 def test_handshake_agrees_on_ids_and_keys() -> None:
-    ct, st, _, _ = handshake()
-    assert ct == st
-    assert (ct.client_id, ct.server_id) == (0x640B, 0x640C)
-    c2s, s2c = ct.session_keys(KEY)
-    assert c2s != s2c, "one key per direction"
-    assert handshake()[0].session_keys(KEY) != (c2s, s2c), "fresh keys every session"
+    c, s, _, _ = handshake()
+    assert (c.peer_id, s.peer_id) == (0x640C, 0x640B)
+    assert (c.send_key, c.recv_key) == (s.recv_key, s.send_key)
+    assert c.send_key != c.recv_key, "one key per direction"
+    assert c.handshake_hash == s.handshake_hash
+    again, _, _, _ = handshake()
+    assert again.send_key != c.send_key, "fresh keys every session"
 
 
-def test_wrong_key_fails_on_both_sides() -> None:
+def test_wrong_key_is_refused_on_both_sides() -> None:
+    with pytest.raises(AuthError, match="does not have"):
+        handshake(ckeys=OTHER)  # the server does not know the client's key
+    # The right key id with the wrong key behind it: the Noise message does not open.
+    forged = bytearray(ClientHandshake(OTHER, 1).hello)
+    forged[5:9] = ClusterKey(KEY).key_id
+    with pytest.raises(AuthError, match="prove"):
+        server_reply(KEY, bytes(forged), 2)
+    # A server without the key cannot make a reply the client takes.
+    with pytest.raises(AuthError, match="prove"):
+        ClientHandshake(KEY, 1).finish(os.urandom(REPLY_BYTES))
+    reply, _ = server_reply(KEY, ClientHandshake(KEY, 1).hello, 2)
     with pytest.raises(AuthError):
-        handshake(ckey=OTHER)  # the client refuses the server's proof
-    cn = os.urandom(32)
-    reply, st = server_reply(KEY, client_hello(cn, 1), os.urandom(32), 2)
-    forged = Transcript(cn, 1, reply[:32], 2).proof(OTHER, b"client")
+        ClientHandshake(KEY, 1).finish(reply)  # a reply to another client's hello
+
+
+@pytest.mark.parametrize("where", [0, 4, 5, 8, 9, 40, HELLO_BYTES - 1])
+def test_tampered_hello_is_refused(where: int) -> None:
+    """Magic, key id, ephemeral key, node id: every byte is bound."""
+    hello = bytearray(ClientHandshake(KEY, 0x640B).hello)
+    hello[where] ^= 0x01
+    with pytest.raises((AuthError, DecodeError)):
+        server_reply(KEY, bytes(hello), 0x640C)
+
+
+@pytest.mark.parametrize("where", [0, 31, 32, 33, REPLY_BYTES - 1])
+def test_tampered_reply_is_refused(where: int) -> None:
+    """The server's node id and ephemeral key cannot be changed on the way."""
+    client = ClientHandshake(KEY, 0x640B)
+    reply = bytearray(server_reply(KEY, client.hello, 0x640C)[0])
+    reply[where] ^= 0x01
     with pytest.raises(AuthError):
-        server_finish(KEY, st, forged)
+        client.finish(bytes(reply))
 
 
-def test_replayed_client_handshake_is_refused() -> None:
-    _, _, hello, proof = handshake()
-    # An eavesdropper replays HELLO and PROOF: the server's new nonce makes the old proof wrong.
-    _, st = server_reply(KEY, hello, os.urandom(32), 0x640C)
+def test_replayed_hello_gives_a_session_nobody_can_confirm() -> None:
+    """NNpsk0's first message can be replayed; the confirm frame that follows cannot."""
+    c, _, hello, _ = handshake()
+    confirm = split(FrameCipher(c.send_key).seal(encode_frame(CONFIRM, {})))
+    _, replayed = server_reply(KEY, hello, 0x640C)  # an eavesdropper resends the hello
     with pytest.raises(AuthError):
-        server_finish(KEY, st, proof)
+        replayed.ciphers()[1].open(*confirm)
 
 
-def test_reflected_server_proof_is_refused() -> None:
-    cn = os.urandom(32)
-    reply, st = server_reply(KEY, client_hello(cn, 1), os.urandom(32), 2)
-    with pytest.raises(AuthError):
-        server_finish(KEY, st, reply[34:])  # the server's own MAC sent back as the client's
-
-
-def test_garbage_hello_and_short_reply() -> None:
+def test_garbage_and_short_messages() -> None:
     with pytest.raises(DecodeError):
-        server_reply(KEY, b"GET / HTTP/1.1\r\n" + bytes(23), os.urandom(32), 1)
+        server_reply(KEY, b"GET / HTTP/1.1\r\n" + bytes(HELLO_BYTES - 16), 1)
     with pytest.raises(DecodeError):
-        client_finish(KEY, os.urandom(32), 1, b"short")
+        server_reply(KEY, ClientHandshake(KEY, 1).hello[:-1], 1)
+    with pytest.raises(DecodeError):
+        ClientHandshake(KEY, 1).finish(b"short")
 
 
-def pair() -> tuple[FrameCipher, FrameCipher]:
-    ct, st, _, _ = handshake()
-    c_send, _ = session_ciphers(KEY, ct, client=True)
-    _, s_recv = session_ciphers(KEY, st, client=False)
-    return c_send, s_recv
+def test_rotation_client_and_server_with_different_rings() -> None:
+    old, new = ClusterKey(KEY, 0), ClusterKey(OTHER, 100)
+    both_before = KeyRing([old, new], now=50)  # the new key accepted, not signing yet
+    both_after = KeyRing([old, new], now=150)
+    only_old, only_new = KeyRing([old], 0), KeyRing([new], 0)
+    assert both_before.current == KEY
+    assert both_after.current == OTHER
+    for client, server in [
+        (both_before, only_old),
+        (only_old, both_after),
+        (both_after, only_new),
+        (only_new, both_before),
+    ]:
+        c, s, _, _ = handshake(client, server)
+        assert c.send_key == s.recv_key
+    with pytest.raises(AuthError, match=new.name):
+        handshake(only_new, only_old)
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+@injects_ephemeral
+def test_forward_secrecy_key_alone_does_not_open_a_recording() -> None:
+    """Everything on the wire plus the cluster key is not enough; with the client's ephemeral
+    secret (gone when the session ends) it is, which shows the recording is complete."""
+    eph = private_bytes(X25519PrivateKey.generate())
+    c, _, hello, reply = handshake(ephemeral=eph)
+    frame = split(FrameCipher(c.send_key).seal(encode_frame(22, {"data": b"secret pages"})))
+    assert attack_with_key(KEY, hello, reply, frame) is None
+    # Control: the one thing the attacker lacks.
+    again = ClientHandshake(KEY, 0x640B, eph)
+    assert again.hello == hello
+    opened = again.finish(reply).ciphers()[0]
+    assert decode_frame(FrameCipher(opened.key).open(*frame))[1]["data"] == b"secret pages"
+
+
+def attack_with_key(
+    key: bytes, hello: bytes, reply: bytes, frame: tuple[bytes, bytes]
+) -> bytes | None:
+    """All an attacker holding the cluster key can do with a recording: be the server again, or
+    be a client with an ephemeral key of its own. None if no frame opened."""
+    _, server = server_reply(key, hello, 0x640C)
+    tries = [server.recv_key, server.send_key]
+    with pytest.raises(AuthError):
+        ClientHandshake(key, 0x640B).finish(reply)
+    for k in tries:
+        try:
+            return FrameCipher(k).open(*frame)
+        except AuthError:
+            continue
+    return None
 
 
 def split(frame: bytes) -> tuple[bytes, bytes]:
     head, body = frame[:4], frame[4:]
     assert frame_length(head) == len(body)
     return head, body
+
+
+def pair() -> tuple[FrameCipher, FrameCipher]:
+    c, s, _, _ = handshake()
+    return c.ciphers()[0], s.ciphers()[1]
 
 
 def test_frames_round_trip_in_order() -> None:
@@ -203,3 +289,137 @@ async def test_loopback_both_ways_and_truncation() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def start_server(
+    keys: KeyRing | bytes,
+    handler: Callable[[Channel], Awaitable[None]],
+    refused: list[str],
+) -> tuple[asyncio.Server, int]:
+    server = await serve_channels("127.0.0.1", 0, keys, 9, handler, refused.append)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def wait_for(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def record_through_proxy(
+    port: int, run: Callable[[int], Awaitable[None]]
+) -> tuple[bytes, bytes]:
+    """Run `run(proxy_port)` through a relay that records both directions: (c2s, s2c)."""
+    c2s, s2c = bytearray(), bytearray()
+    done: list[asyncio.Task[None]] = []
+
+    async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, log: bytearray) -> None:
+        try:
+            while data := await r.read(1 << 16):
+                log += data
+                w.write(data)
+                await w.drain()
+        finally:
+            w.close()
+
+    async def relay(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", port)
+        done.append(asyncio.create_task(pump(cr, sw, c2s)))
+        done.append(asyncio.create_task(pump(sr, cw, s2c)))
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        await run(proxy.sockets[0].getsockname()[1])
+        await asyncio.wait_for(asyncio.gather(*done, return_exceptions=True), 5)
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+    return bytes(c2s), bytes(s2c)
+
+
+async def test_recorded_session_stays_closed_to_the_key_holder() -> None:
+    """A migration recorded off the wire, then attacked with the cluster key: nothing opens."""
+    secret = b"the memory of a user's job " * 100
+    got: list[bytes] = []
+
+    async def sink(ch: Channel) -> None:
+        _, p = await ch.recv()
+        got.append(bytes(p["data"]))
+        await ch.send(23, {"ok": True})
+
+    server, port = await start_server(KEY, sink, [])
+
+    async def migrate(via: int) -> None:
+        ch = await asyncio.wait_for(open_channel("127.0.0.1", via, KEY, 7), 5)
+        await ch.send(22, {"data": secret})
+        assert (await asyncio.wait_for(ch.recv(), 5))[0] == 23
+        await ch.aclose()
+
+    try:
+        c2s, s2c = await record_through_proxy(port, migrate)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got == [secret], "the recorded session was a real one"
+    assert secret[:20] not in c2s, "no plaintext on the wire"
+    hello, reply = c2s[:HELLO_BYTES], s2c[:REPLY_BYTES]
+    # The client's frames: CONFIRM, then the pages.
+    first = c2s[HELLO_BYTES:]
+    confirm_len = frame_length(first[:4])
+    pages = first[4 + confirm_len :]
+    frame = (pages[:4], pages[4 : 4 + frame_length(pages[:4])])
+    assert attack_with_key(KEY, hello, reply, frame) is None
+
+
+async def test_replayed_hello_over_the_wire_is_refused() -> None:
+    """A captured hello resent to the server: the server answers, but never takes the peer."""
+    handled: list[int] = []
+    refused: list[str] = []
+
+    async def handler(ch: Channel) -> None:
+        handled.append(ch.peer_id)
+
+    server, port = await start_server(KEY, handler, refused)
+    try:
+
+        async def connect(via: int) -> None:
+            ch = await asyncio.wait_for(open_channel("127.0.0.1", via, KEY, 7), 5)
+            await ch.aclose()
+
+        c2s, _ = await record_through_proxy(port, connect)
+        await wait_for(lambda: handled == [7], "the genuine session")
+        for replay in (c2s[:HELLO_BYTES], c2s):  # the hello alone; everything the client sent
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(replay)
+            await w.drain()
+            w.write_eof()
+            assert len(await asyncio.wait_for(r.read(), 5)) == REPLY_BYTES
+            w.close()
+        await wait_for(lambda: len(refused) == 2, "two refusals")
+        assert handled == [7], refused
+        assert "confirm" in refused[0], refused
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_low_order_ephemeral_from_a_key_holder_is_an_auth_error() -> None:
+    """Even with the key, an all-zero X25519 point is refused cleanly, not with a ValueError."""
+    key_id = ClusterKey(KEY).key_id
+    conn = NoiseConnection.from_name(channel.PROTOCOL)
+    conn.set_psks(channel._psk(KEY))
+    conn.set_prologue(channel._PROLOGUE + channel.MAGIC + key_id)
+    conn.set_as_initiator()
+    conn.start_handshake()
+    # Write message 1 by hand with the point 0 in place of a real ephemeral key.
+    hs = conn.noise_protocol.handshake_state
+    sym = hs.symmetric_state
+    zero = bytes(32)
+    sym.mix_key_and_hash(conn.noise_protocol.psks.pop(0))
+    sym.mix_hash(zero)
+    sym.mix_key(zero)
+    hello = channel.MAGIC + key_id + zero + bytes(sym.encrypt_and_hash((1).to_bytes(2, "big")))
+    with pytest.raises(AuthError, match="invalid ephemeral"):
+        server_reply(KEY, hello, 2)

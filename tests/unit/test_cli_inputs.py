@@ -45,6 +45,7 @@ FLAGS = [
     (["--mcast-group", "nonsense"], "not an IPv4 address"),
     (["--address", "1.2.3"], "address: '1.2.3' is not an IPv4 address"),
     (["--address", "239.1.1.1"], "cannot be a node's address"),
+    (["--address", "0.0.0.0"], "cannot be a node's address"),
     (["--address", "10.99.98.97"], "is not on any interface here"),
     (["--log-level", "LOUD"], "log_level: 'LOUD' is not one of DEBUG"),
     (["--set", "gossip_port=abc"], "expected a whole number"),

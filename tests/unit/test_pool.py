@@ -121,7 +121,7 @@ class FakeAgent:
     def __init__(self, node_id: int, entries: list[NodeEntry]) -> None:
         self.node_id = node_id
         self.address = "127.0.0.1"
-        self.key = KEY
+        self.keys = KEY
         self.config = FakeConfig()
         self.cluster = FakeCluster(entries)
         self.control = FakeControl()

@@ -1,19 +1,26 @@
-"""The channel between node agents: mutually authenticated with the cluster key, encrypted.
+"""The channel between node agents: a Noise handshake on the cluster key, then AES-GCM frames.
 
-Python 3.11's ssl has no pre-shared keys, so the handshake is our own, small and standard in
-shape:
+The handshake is the Noise framework's ``Noise_NNpsk0_25519_AESGCM_SHA256`` (noiseprotocol.org,
+through the `noiseprotocol` library): both sides make a fresh X25519 key pair for the connection,
+and the cluster key (through HKDF, kept apart from its other uses) is the pre-shared key mixed in
+before the first message. So only holders of the key complete it, and the session keys come from
+the ephemeral Diffie-Hellman too: a recording of the traffic cannot be read later with the cluster
+key alone (forward secrecy). Messages, all of fixed size::
 
-  client -> server  HELLO  = MAGIC, client nonce (32 B), client node id (2 B)
-  server -> client  REPLY  = server nonce (32 B), server node id (2 B), HMAC("server", transcript)
-  client -> server  PROOF  = HMAC("client", transcript)
+  client -> server  MAGIC, key id (4 B) | Noise message 1: e, payload = client node id (2 B)
+  server -> client  Noise message 2: e, ee, payload = server node id (2 B)
+  client -> server  the first frame, CONFIRM: proves the client has the session keys
 
-The transcript is MAGIC + both nonces + both node ids; the HMAC key is derived from the cluster
-key for this use only. A replayed handshake fails, since the other side's nonce is new each time;
-a reflected proof fails, since the roles are in the MAC. Session keys, one per direction, come
-from HKDF over the cluster key and the transcript. Every frame is a 4-byte length, then
-AES-256-GCM (AES-NI makes it the fastest AEAD here: images are gigabytes) with a per-direction
-counter nonce and the length as associated data, so a frame cannot be altered, dropped,
-reordered, truncated or replayed unnoticed.
+MAGIC and the key id (which of the cluster keys, see keys.py) are the Noise prologue, and the node
+ids are handshake payloads: all are bound by the handshake hash, so neither side can be told
+another's id or key. Message 1 alone could be replayed (0-RTT, as in every NNpsk0), so the server
+takes a client only once its CONFIRM frame opens under the new session key.
+
+After the handshake Noise's Split() gives one key per direction; each frame is a 4-byte length,
+then AES-256-GCM under that key (AES-NI makes it the fastest AEAD here: images are gigabytes) with
+a counter nonce (Noise's own nonce layout) and the length as associated data, so a frame cannot be
+altered, dropped, reordered, truncated or replayed unnoticed. Big frames are decrypted into a
+reused buffer: the bulk path costs what it cost before the handshake changed.
 
 Frame plaintext: kind (1 byte) + msgpack map; or, for bulk data (a job's pages), kind | RAW and
 the bytes themselves, which the receiver sees as a map {"data": bytes}: no packing, no copy.
@@ -25,9 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import os
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,97 +42,133 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from noise.connection import Keypair, NoiseConnection
 
 from pymosix.errors import AuthError, DecodeError
+from pymosix.keys import ID_BYTES, KeyRing, as_ring
 from pymosix.migration.framestream import FrameStream, connect, listen
 
 Buffer = bytes | bytearray | memoryview
 
-MAGIC = b"PMXC3"
-NONCE_BYTES = 32
-MAC_BYTES = 32
-HELLO_BYTES = len(MAGIC) + NONCE_BYTES + 2
-REPLY_BYTES = NONCE_BYTES + 2 + MAC_BYTES
+PROTOCOL = b"Noise_NNpsk0_25519_AESGCM_SHA256"
+MAGIC = b"PMXN1"
+_PROLOGUE = b"pymosix agent channel\0"
+_DH_BYTES = 32
+_ID = struct.Struct("!H")
+#: The client's first message: MAGIC, key id, ephemeral key, sealed node id.
+HELLO_BYTES = len(MAGIC) + ID_BYTES + _DH_BYTES + _ID.size + 16
+#: The server's reply: ephemeral key, sealed node id.
+REPLY_BYTES = _DH_BYTES + _ID.size + 16
 #: Largest frame plaintext accepted (a 1 MiB image chunk plus its framing fits with room to spare).
 MAX_FRAME = 4 * 1024 * 1024
 TAG_BYTES = 16
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Kind of the client's first frame, which completes the handshake (never handed to a handler).
+CONFIRM = 0x7F
 
-# --- handshake (pure) ---------------------------------------------------------------------------
-
-
-def _hkdf(key: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
+# --- handshake (pure: the ephemeral keys may be passed in) -------------------------------------
 
 
-def _auth_key(key: bytes) -> bytes:
-    """The handshake's MAC key: the cluster key also signs discovery, so keep the uses apart."""
-    return _hkdf(key, b"", b"pymosix channel auth")
+def _psk(key: bytes) -> bytes:
+    """The Noise PSK: the cluster key also signs datagrams, so keep the uses apart."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"pymosix channel psk"
+    ).derive(key)
 
 
 @dataclass(frozen=True, slots=True)
-class Transcript:
-    """Everything both sides said in the handshake; what the proofs and keys are bound to."""
+class Session:
+    """What a finished handshake gives one side."""
 
-    client_nonce: bytes
-    client_id: int
-    server_nonce: bytes
-    server_id: int
+    peer_id: int
+    send_key: bytes
+    recv_key: bytes
+    #: Noise's handshake hash: the same on both sides, unique to this session.
+    handshake_hash: bytes
 
-    def data(self) -> bytes:
-        return (
-            MAGIC
-            + self.client_nonce
-            + struct.pack("!H", self.client_id)
-            + self.server_nonce
-            + struct.pack("!H", self.server_id)
+    def ciphers(self) -> tuple[FrameCipher, FrameCipher]:
+        """(send, receive) frame ciphers."""
+        return FrameCipher(self.send_key), FrameCipher(self.recv_key)
+
+
+def _noise(key: bytes, key_id: bytes, initiator: bool, ephemeral: bytes | None) -> NoiseConnection:
+    conn = NoiseConnection.from_name(PROTOCOL)
+    conn.set_psks(_psk(key))
+    conn.set_prologue(_PROLOGUE + MAGIC + key_id)
+    if initiator:
+        conn.set_as_initiator()
+    else:
+        conn.set_as_responder()
+    if ephemeral is not None:
+        conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
+    conn.start_handshake()
+    return conn
+
+
+def _session(conn: NoiseConnection, peer_id: int) -> Session:
+    proto = conn.noise_protocol
+    return Session(
+        peer_id,
+        bytes(proto.cipher_state_encrypt.k),
+        bytes(proto.cipher_state_decrypt.k),
+        bytes(conn.get_handshake_hash()),
+    )
+
+
+def _read_id(payload: bytes) -> int:
+    if len(payload) != _ID.size:
+        raise DecodeError("handshake payload of the wrong size")
+    (node_id,) = _ID.unpack(payload)
+    return int(node_id)
+
+
+class ClientHandshake:
+    """The client's side: send `hello`, then `finish(reply)` once."""
+
+    def __init__(self, keys: KeyRing | bytes, node_id: int, ephemeral: bytes | None = None) -> None:
+        ring = as_ring(keys)
+        key_id = ring.signing.key_id
+        self._conn = _noise(ring.current, key_id, True, ephemeral)
+        self.hello = MAGIC + key_id + bytes(self._conn.write_message(_ID.pack(node_id)))
+
+    def finish(self, reply: bytes) -> Session:
+        """The session, once the server proved the key; AuthError if it could not."""
+        if len(reply) != REPLY_BYTES:
+            raise DecodeError("short handshake reply")
+        try:
+            payload = bytes(self._conn.read_message(reply))
+        except (InvalidTag, ValueError):
+            raise AuthError("the peer could not prove the cluster key (another cluster?)") from None
+        return _session(self._conn, _read_id(payload))
+
+
+def server_reply(
+    keys: KeyRing | bytes, hello: bytes, node_id: int, ephemeral: bytes | None = None
+) -> tuple[bytes, Session]:
+    """The server's reply to a client's hello, and the session (confirmed by the first frame).
+
+    DecodeError if it is not a pymosix hello; AuthError if its key is not ours.
+    """
+    if len(hello) != HELLO_BYTES or hello[: len(MAGIC)] != MAGIC:
+        raise DecodeError("not a pymosix agent channel (or another version)")
+    key_id = hello[len(MAGIC) : len(MAGIC) + ID_BYTES]
+    key = as_ring(keys).find(key_id)
+    if key is None:
+        raise AuthError(
+            f"the peer uses cluster key {key_id.hex()}, which this node does not have "
+            "(another cluster, or a key file not yet copied here)"
         )
-
-    def proof(self, key: bytes, role: bytes) -> bytes:
-        return hmac.new(_auth_key(key), role + self.data(), hashlib.sha256).digest()
-
-    def session_keys(self, key: bytes) -> tuple[bytes, bytes]:
-        """(client-to-server, server-to-client) keys for this session."""
-        salt = hashlib.sha256(self.data()).digest()
-        return _hkdf(key, salt, b"pymosix c2s"), _hkdf(key, salt, b"pymosix s2c")
-
-
-def client_hello(nonce: bytes, node_id: int) -> bytes:
-    """The client's first message."""
-    return MAGIC + nonce + struct.pack("!H", node_id)
-
-
-def parse_client_hello(data: bytes) -> tuple[bytes, int]:
-    """(client nonce, client node id) from HELLO; DecodeError if it is not ours."""
-    if len(data) != HELLO_BYTES or data[: len(MAGIC)] != MAGIC:
-        raise DecodeError("not a pymosix migration channel (or another version)")
-    (cid,) = struct.unpack("!H", data[-2:])
-    return data[len(MAGIC) : len(MAGIC) + NONCE_BYTES], cid
-
-
-def server_reply(key: bytes, hello: bytes, nonce: bytes, node_id: int) -> tuple[bytes, Transcript]:
-    """The server's REPLY to a HELLO, and the transcript to check the client's PROOF against."""
-    cn, cid = parse_client_hello(hello)
-    t = Transcript(cn, cid, nonce, node_id)
-    return nonce + struct.pack("!H", node_id) + t.proof(key, b"server"), t
-
-
-def client_finish(key: bytes, nonce: bytes, node_id: int, reply: bytes) -> tuple[bytes, Transcript]:
-    """Check the server's REPLY; return the client's PROOF and the transcript."""
-    if len(reply) != REPLY_BYTES:
-        raise DecodeError("short handshake reply")
-    sn = reply[:NONCE_BYTES]
-    (sid,) = struct.unpack("!H", reply[NONCE_BYTES : NONCE_BYTES + 2])
-    t = Transcript(nonce, node_id, sn, sid)
-    if not hmac.compare_digest(reply[NONCE_BYTES + 2 :], t.proof(key, b"server")):
-        raise AuthError("the peer could not prove the cluster key (another cluster?)")
-    return t.proof(key, b"client"), t
-
-
-def server_finish(key: bytes, t: Transcript, proof: bytes) -> None:
-    """Check the client's PROOF; AuthError if it does not hold the key or replays an old one."""
-    if not hmac.compare_digest(proof, t.proof(key, b"client")):
-        raise AuthError(f"node {t.client_id} could not prove the cluster key (another cluster?)")
+    conn = _noise(key, key_id, False, ephemeral)
+    try:
+        payload = bytes(conn.read_message(hello[len(MAGIC) + ID_BYTES :]))
+    except (InvalidTag, ValueError):
+        raise AuthError("the peer could not prove the cluster key (another cluster?)") from None
+    peer = _read_id(payload)
+    try:
+        reply = bytes(conn.write_message(_ID.pack(node_id)))
+    except ValueError:  # X25519 refuses a low-order point: only a key holder can send one
+        raise AuthError(f"node {peer} sent an invalid ephemeral key") from None
+    return reply, _session(conn, peer)
 
 
 # --- frames (pure) ------------------------------------------------------------------------------
@@ -228,12 +268,6 @@ def decode_frame(plaintext: Buffer) -> tuple[int, dict[str, Any]]:
     return plaintext[0], payload
 
 
-def session_ciphers(key: bytes, t: Transcript, client: bool) -> tuple[FrameCipher, FrameCipher]:
-    """(send, receive) ciphers for one side of a session."""
-    c2s, s2c = t.session_keys(key)
-    return (FrameCipher(c2s), FrameCipher(s2c)) if client else (FrameCipher(s2c), FrameCipher(c2s))
-
-
 # --- streams ------------------------------------------------------------------------------------
 
 
@@ -304,52 +338,66 @@ async def _read(stream: FrameStream, n: int, what: str) -> bytes:
 
 
 async def open_channel(
-    host: str, port: int, key: bytes, node_id: int, timeout_s: float = HANDSHAKE_TIMEOUT_S
+    host: str,
+    port: int,
+    keys: KeyRing | bytes,
+    node_id: int,
+    timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> Channel:
-    """Connect to a peer agent and authenticate both ways."""
+    """Connect to a peer agent and authenticate both ways, with the key `keys` signs with now."""
     stream = await asyncio.wait_for(connect(host, port, frame_length), timeout_s)
     try:
-        return await asyncio.wait_for(_client_handshake(stream, key, node_id), timeout_s)
+        return await asyncio.wait_for(_client_handshake(stream, keys, node_id), timeout_s)
     except BaseException:
         stream.close()
         raise
 
 
-async def _client_handshake(stream: FrameStream, key: bytes, node_id: int) -> Channel:
-    cn = os.urandom(NONCE_BYTES)
-    stream.write(client_hello(cn, node_id))
+async def _client_handshake(stream: FrameStream, keys: KeyRing | bytes, node_id: int) -> Channel:
+    hs = ClientHandshake(keys, node_id)
+    stream.write(hs.hello)
     await stream.drain()
-    proof, t = client_finish(key, cn, node_id, await _read(stream, REPLY_BYTES, "reply"))
-    stream.write(proof)
-    await stream.drain()
-    send, recv = session_ciphers(key, t, client=True)
-    return Channel(stream, send, recv, t.server_id)
+    session = hs.finish(await _read(stream, REPLY_BYTES, "reply"))
+    ch = Channel(stream, *session.ciphers(), session.peer_id)
+    # No round trip: the caller's first frame follows right behind.
+    await ch.send(CONFIRM, {})
+    return ch
 
 
 async def accept_channel(
-    stream: FrameStream, key: bytes, node_id: int, timeout_s: float = HANDSHAKE_TIMEOUT_S
+    stream: FrameStream,
+    keys: KeyRing | bytes,
+    node_id: int,
+    timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> Channel:
-    """Server side of the handshake; AuthError if the client does not have the key."""
-    return await asyncio.wait_for(_server_handshake(stream, key, node_id), timeout_s)
+    """Server side of the handshake (any key of the ring); AuthError if the client has none."""
+    return await asyncio.wait_for(_server_handshake(stream, keys, node_id), timeout_s)
 
 
-async def _server_handshake(stream: FrameStream, key: bytes, node_id: int) -> Channel:
+async def _server_handshake(stream: FrameStream, keys: KeyRing | bytes, node_id: int) -> Channel:
     try:
         hello = await stream.read_exactly(HELLO_BYTES)
     except (EOFError, ConnectionError):
         raise DecodeError("connection closed before the handshake") from None
-    reply, t = server_reply(key, hello, os.urandom(NONCE_BYTES), node_id)
+    reply, session = server_reply(keys, hello, node_id)
     stream.write(reply)
     await stream.drain()
-    server_finish(key, t, await _read(stream, MAC_BYTES, "proof"))
-    send, recv = session_ciphers(key, t, client=False)
-    return Channel(stream, send, recv, t.client_id)
+    ch = Channel(stream, *session.ciphers(), session.peer_id)
+    try:
+        kind, _ = await ch.recv()
+    except EOFError:
+        raise AuthError(
+            f"node {session.peer_id} left the handshake before confirming it (a replayed hello?)"
+        ) from None
+    if kind != CONFIRM:
+        raise AuthError(f"node {session.peer_id} sent frame kind {kind} before confirming")
+    return ch
 
 
 async def serve_channels(
     host: str,
     port: int,
-    key: bytes,
+    keys: KeyRing | bytes,
     node_id: int,
     handler: Callable[[Channel], Awaitable[None]],
     on_refused: Callable[[str], None] | None = None,
@@ -358,7 +406,7 @@ async def serve_channels(
 
     async def accept(stream: FrameStream) -> None:
         try:
-            ch = await accept_channel(stream, key, node_id)
+            ch = await accept_channel(stream, keys, node_id)
         except (AuthError, DecodeError, TimeoutError, OSError) as e:
             stream.close()
             if on_refused is not None:

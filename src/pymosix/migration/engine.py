@@ -521,7 +521,7 @@ class MigrationEngine:
         assert task is not None
         self._conns.add(task)
         try:
-            ch = await accept_channel(stream, self.agent.key, self.agent.node_id)
+            ch = await accept_channel(stream, self.agent.keys, self.agent.node_id)
         except (AuthError, DecodeError, TimeoutError, ConnectionError, OSError) as e:
             log.warning("refused a migration-channel connection: %s", e)
             self.agent.counters.rejected_auth += 1
@@ -536,7 +536,8 @@ class MigrationEngine:
                 if home is None or home.meta.home_node != self.agent.node_id:
                     await ch.send(Frame.KILL, {})
                 else:
-                    await home.attach(ChannelLink(ch), int(p["node"]))
+                    # The node the handshake authenticated, not what the frame claims.
+                    await home.attach(ChannelLink(ch), ch.peer_id)
                     keep = True
             elif kind == Frame.MIGRATE:
                 keep = await self._receive(ch, p)
@@ -746,7 +747,7 @@ class MigrationEngine:
         ch = await open_channel(
             entry.address,
             entry.migration_port or self.agent.config.migration_port,
-            self.agent.key,
+            self.agent.keys,
             me,
         )
         await ch.send(Frame.ATTACH, {"home_pid": job.meta.home_pid, "node": me})

@@ -428,7 +428,9 @@ class HostedJob:
             gather, self.pid, uid, gid, await self.engine.criu.version()
         )
         try:
-            ch = await open_channel(address, port, self.engine.agent.key, self.engine.agent.node_id)
+            ch = await open_channel(
+                address, port, self.engine.agent.keys, self.engine.agent.node_id
+            )
         except (OSError, TimeoutError) as e:
             raise MigrationError(
                 f"cannot reach node {target} at {address}:{port}: {e or type(e).__name__}"

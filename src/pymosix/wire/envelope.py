@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -60,8 +61,11 @@ def seal(key: bytes, env: Envelope) -> bytes:
     return data + hmac.new(key, data, hashlib.sha256).digest()
 
 
-def unseal(key: bytes, data: bytes) -> Envelope:
-    """Check and decode one datagram: DecodeError for garbage, AuthError for a bad tag."""
+def unseal(key: bytes | Sequence[bytes], data: bytes) -> Envelope:
+    """Check and decode one datagram: DecodeError for garbage, AuthError for a bad tag.
+
+    `key` may be several keys (a KeyRing's `all`, during a rotation): any one of them will do.
+    """
     if len(data) > MAX_DATAGRAM:
         raise DecodeError(f"datagram of {len(data)} bytes is over {MAX_DATAGRAM}")
     if len(data) < _HEADER.size + TAG_BYTES:
@@ -69,7 +73,10 @@ def unseal(key: bytes, data: bytes) -> Envelope:
     if data[:4] != MAGIC:
         raise DecodeError("not a pymosix datagram (bad magic)")
     signed, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
-    if not hmac.compare_digest(tag, hmac.new(key, signed, hashlib.sha256).digest()):
+    keys = (key,) if isinstance(key, bytes) else key
+    if not any(
+        hmac.compare_digest(tag, hmac.new(k, signed, hashlib.sha256).digest()) for k in keys
+    ):
         raise AuthError("bad authentication tag (another cluster key, or tampered)")
     _, kind, sender, epoch, seq, time_ms, length = _HEADER.unpack_from(signed)
     body = signed[_HEADER.size :]
