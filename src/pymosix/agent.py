@@ -25,14 +25,23 @@ import psutil
 
 from pymosix import __version__, flagstate, sdnotify
 from pymosix.config import NodeConfig
-from pymosix.control_server import ControlConnection, ControlServer
+from pymosix.control_server import ControlConnection, ControlServer, Limits
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import KeyRing, read_keys, write_key
 from pymosix.mapfile import load_map
-from pymosix.membership import ClusterMap, MapChanged, change_message
+from pymosix.membership import ClusterMap, MapChanged, change_message, new_epoch
 from pymosix.netif import auto_interface
-from pymosix.wire.envelope import Envelope, Kind, ReplayGuard, seal, unseal
+from pymosix.offenders import AUTH, CLOCK, OffenderLog
+from pymosix.wire.envelope import (
+    Envelope,
+    Kind,
+    ReplayError,
+    ReplayGuard,
+    SkewError,
+    seal,
+    unseal,
+)
 from pymosix.wire.messages import Hello
 
 log = logging.getLogger("pymosix")
@@ -80,6 +89,10 @@ class Counters:
     rejected_malformed: int = 0
     rejected_auth: int = 0
     rejected_replay: int = 0
+    #: Authentic and new, but of an epoch that is over or not the sender's current one.
+    rejected_stale: int = 0
+    #: Authentic, but stamped further from this node's clock than max_clock_skew_ms.
+    rejected_clock: int = 0
     rejected_unknown: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -94,6 +107,8 @@ class Counters:
             self.rejected_malformed
             + self.rejected_auth
             + self.rejected_replay
+            + self.rejected_stale
+            + self.rejected_clock
             + self.rejected_unknown
         )
 
@@ -141,7 +156,8 @@ class NodeAgent:
         self.node_id: NodeId = node_id_from_ip(self.address)
         #: The cluster keys: datagrams and channels accept any, and sign with keys.current.
         self.keys = self._load_keys()
-        self.epoch = secrets.randbits(63)
+        # Later starts get larger epochs: a node comes back only with a fresh one (membership.py).
+        self.epoch = new_epoch(self.wall_ms(), secrets.randbits(32))
         self._seq = 0
         self.started_at = time.monotonic()
         self.cluster = ClusterMap(
@@ -151,6 +167,9 @@ class NodeAgent:
             now=time.monotonic(),
             gossip_port=config.gossip_port,
             migration_port=config.migration_port,
+            # As long as a capture can pass the timestamp check: the sender's clock may be off
+            # by max_clock_skew_ms one way and ours the other.
+            replay_horizon_s=2 * config.max_clock_skew_ms / 1000 + 1,
         )
         self.counters = Counters()
         self.flags = NodeFlags(
@@ -158,8 +177,17 @@ class NodeAgent:
         )
         for name, value in flagstate.read(config.state_dir).items():  # mosctl ... --persist
             setattr(self.flags, name, value)
-        self.replay = ReplayGuard()
-        self.control = ControlServer(config.socket_path)
+        self.replay = ReplayGuard(max_skew_ms=config.max_clock_skew_ms)
+        self.offenders = OffenderLog(max_skew_ms=config.max_clock_skew_ms)
+        self.control = ControlServer(
+            config.socket_path,
+            Limits(
+                connections_per_uid=config.control_max_connections_per_uid,
+                connections=config.control_max_connections,
+                requests_per_uid=config.control_max_requests_per_uid,
+                idle_timeout_s=config.control_idle_timeout_ms / 1000,
+            ),
+        )
         self.components: list[Component] = []
         self.map_listeners: list[Callable[[MapChanged], None]] = []
         self._handlers: dict[int, DatagramHandler] = {}
@@ -199,6 +227,10 @@ class NodeAgent:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall_ms(self) -> int:
+        """Wall-clock milliseconds as this node stamps and checks them (the offset: tests only)."""
+        return int(time.time() * 1000) + self.config.test_clock_offset_ms
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -262,6 +294,16 @@ class NodeAgent:
     # --- sockets ---------------------------------------------------------------------------
 
     async def _open_sockets(self) -> None:
+        try:
+            await self._open_datagram_sockets()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot open the datagram sockets at {self.address} (ports "
+                f"{self.config.gossip_port}, {self.config.mcast_port}): {e.strerror}; "
+                "is another agent running here? (else change gossip_port / mcast_port)"
+            ) from None
+
+    async def _open_datagram_sockets(self) -> None:
         loop = asyncio.get_running_loop()
         uni = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         uni.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -283,7 +325,7 @@ class NodeAgent:
 
     def _seal(self, kind: int, payload: dict[str, Any]) -> bytes:
         self._seq += 1
-        env = Envelope(kind, self.node_id, self.epoch, self._seq, int(time.time() * 1000), payload)
+        env = Envelope(kind, self.node_id, self.epoch, self._seq, self.wall_ms(), payload)
         return seal(self.keys.current, env)
 
     def _multicast(self, kind: int, payload: dict[str, Any]) -> None:
@@ -323,22 +365,29 @@ class NodeAgent:
     # --- receiving -------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, source: str) -> None:
-        """Every datagram: size, tag, replay, then dispatch. Nothing unauthenticated is acted on."""
+        """Every datagram: size, tag, replay, epoch, then dispatch. Nothing unauthenticated is
+        acted on; what fails authentication or the clock check is warned about (offenders.py)."""
         self.counters.received += 1
         self.counters.bytes_received += len(data)
         try:
             env = unseal(self.keys.all, data)
-            self.replay.check(env, int(time.time() * 1000))
+            self.replay.check(env, self.wall_ms())
         except DecodeError as e:
             self.counters.rejected_malformed += 1
             log.debug("rejected a datagram from %s: %s", source, e)
             return
-        except AuthError as e:
-            if "replay" in str(e) or "seen before" in str(e) or "too old" in str(e):
-                self.counters.rejected_replay += 1
-            else:
-                self.counters.rejected_auth += 1
+        except ReplayError as e:
+            self.counters.rejected_replay += 1
             log.debug("rejected a datagram from %s: %s", source, e)
+            return
+        except SkewError as e:
+            self.counters.rejected_clock += 1
+            self._offence(source, CLOCK, e.offset_ms, e.sender)
+            return
+        except AuthError as e:
+            self.counters.rejected_auth += 1
+            log.debug("rejected a datagram from %s: %s", source, e)
+            self._offence(source, AUTH)
             return
         if env.sender == self.node_id and env.epoch == self.epoch:
             return  # our own multicast, looped back
@@ -347,8 +396,17 @@ class NodeAgent:
         except DecodeError as e:
             self.counters.rejected_malformed += 1
             log.debug("rejected a datagram from %s: %s", source, e)
+        self.counters.rejected_stale = self.cluster.stale
+
+    def _offence(
+        self, source: str, cause: str, offset_ms: int = 0, node_id: int | None = None
+    ) -> None:
+        warning = self.offenders.record(source, cause, self.now(), offset_ms, node_id)
+        if warning is not None:
+            log.warning("refusing datagrams from %s", warning)
 
     def _dispatch(self, env: Envelope, source: str) -> None:
+        sender = NodeId(env.sender)
         if env.kind == Kind.HELLO:
             hello = Hello.from_payload(env.payload)
             if node_id_from_ip(hello.address) != env.sender:
@@ -358,7 +416,7 @@ class NodeAgent:
                 return
             self._apply(
                 self.cluster.heard(
-                    NodeId(env.sender),
+                    sender,
                     hello.address,
                     env.epoch,
                     self.now(),
@@ -367,13 +425,16 @@ class NodeAgent:
                 )
             )
             if (env.sender, hello.address) in self.cluster.conflicts:
-                self._report_conflict(NodeId(env.sender))
+                self._report_conflict(sender)
         elif env.kind == Kind.BYE:
             address = env.payload.get("a")
-            if isinstance(address, str):
-                self._apply(self.cluster.left(NodeId(env.sender), address))
-                self.replay.forget(env.sender)
+            if not isinstance(address, str):
+                raise DecodeError("bye without an address")
+            # Ends only the epoch it names; the replay window stays (a reset one reopens).
+            self._apply(self.cluster.left(sender, address, env.epoch, self.now()))
         elif (handler := self._handlers.get(env.kind)) is not None:
+            if not self.cluster.admits(sender, env.epoch, self.now()):
+                return  # not a current member, or an old epoch of one: counted as stale
             if env.kind == Kind.LOAD:
                 self.counters.load_received += 1
             handler(env, source)
@@ -424,6 +485,7 @@ class NodeAgent:
                 for n in self.cluster.nodes()
             ],
             "conflicts": [asdict(c) for c in self.cluster.conflicts.values()],
+            "offenders": self.offenders.to_json(self.now()),
         }
 
     async def _op_status(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
@@ -443,6 +505,9 @@ class NodeAgent:
             "keys": [k.name for k in self.keys.keys],
             "signing_key": self.keys.signing.name,
             "conflicts": len(self.cluster.conflicts),
+            "offenders": self.offenders.to_json(self.now()),
+            "max_clock_skew_ms": self.config.max_clock_skew_ms,
+            "control": self.control.stats(),
             "flags": asdict(self.flags),
         }
 

@@ -7,6 +7,7 @@ read files or the environment themselves.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -85,6 +86,19 @@ class NodeConfig:
     balance: bool = True
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
+    #: A datagram stamped further than this from this node's clock is refused (and warned about).
+    max_clock_skew_ms: int = 30_000
+    #: Control socket: connections one non-root user may hold (each running mosrun holds one).
+    control_max_connections_per_uid: int = 256
+    #: Control socket: connections all non-root users together may hold (root has its own).
+    control_max_connections: int = 1024
+    #: Control socket: requests one non-root user may have in flight (a running mosrun is one).
+    control_max_requests_per_uid: int = 256
+    #: Control socket: a connection that sends no complete request for this long is closed.
+    control_idle_timeout_ms: int = 60_000
+    #: For tests only: shifts the timestamps this agent stamps on its datagrams, to play a node
+    #: with a wrong clock on a test bed (its namespaces share the host's clock). Leave at 0.
+    test_clock_offset_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> NodeConfig:
@@ -94,10 +108,35 @@ class NodeConfig:
 
 _PATH_FIELDS = {"key_file", "map_file", "state_dir", "socket_path"}
 
+#: Whole-number settings: (lowest, highest, unit) — checked by `validate`.
+RANGES: dict[str, tuple[int, int, str]] = {
+    "mcast_port": (1, 65535, ""),
+    "gossip_port": (1, 65535, ""),
+    "migration_port": (1, 65535, ""),
+    "metrics_port": (0, 65535, ""),
+    "hello_interval_ms": (50, 60_000, "ms"),
+    "dead_after_ms": (200, 600_000, "ms"),
+    "load_interval_ms": (100, 60_000, "ms"),
+    "gossip_fanout": (1, 64, ""),
+    "load_max_age_ms": (100, 3_600_000, "ms"),
+    "speed": (1, 10_000_000, ""),
+    "max_clock_skew_ms": (1000, 3_600_000, "ms"),
+    "control_max_connections_per_uid": (1, 65536, ""),
+    "control_max_connections": (1, 65536, ""),
+    "control_max_requests_per_uid": (1, 65536, ""),
+    "control_idle_timeout_ms": (1000, 86_400_000, "ms"),
+    "test_clock_offset_ms": (-86_400_000, 86_400_000, "ms"),
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 def _coerce(name: str, value: Any, ftype: str) -> Any:
     if name in _PATH_FIELDS:
-        return None if value in (None, "") and name == "map_file" else Path(str(value))
+        if value in (None, "") and name == "map_file":
+            return None
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise ConfigError(f"{name}: expected a file path, got {value!r}")
+        return Path(value)
     if ftype == "bool":
         if isinstance(value, bool):
             return value
@@ -107,15 +146,53 @@ def _coerce(name: str, value: Any, ftype: str) -> Any:
             return False
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if ftype == "int":
-        if isinstance(value, bool):
+        if isinstance(value, (bool, float)):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
     if ftype == "str":
-        return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
     return value
+
+
+def _check_address(name: str, value: str, multicast: bool) -> None:
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not an IPv4 address (like 192.168.1.10)") from None
+    if multicast and not ip.is_multicast:
+        raise ConfigError(
+            f"{name}: {value} is not a multicast group (use one in 224.0.0.0/4, like 239.255.77.77)"
+        )
+    # Loopback stays allowed: a lone node on 127.0.0.1 is a way to try the tools.
+    if not multicast and (ip.is_multicast or ip.is_unspecified):
+        raise ConfigError(f"{name}: {value} cannot be a node's address (use its LAN address)")
+
+
+def validate(cfg: NodeConfig) -> NodeConfig:
+    """The config if every value is in range, else ConfigError naming the setting and the fix."""
+    for name, (low, high, unit) in RANGES.items():
+        value = getattr(cfg, name)
+        if not low <= value <= high:
+            what = f"{low} to {high}" + (f" {unit}" if unit else "")
+            raise ConfigError(f"{name} = {value}: must be from {what}")
+    if cfg.dead_after_ms < 2 * cfg.hello_interval_ms:
+        raise ConfigError(
+            f"dead_after_ms = {cfg.dead_after_ms}: must be at least twice hello_interval_ms "
+            f"({cfg.hello_interval_ms}), or live nodes drop out between hellos"
+        )
+    if cfg.address:
+        _check_address("address", cfg.address, multicast=False)
+    _check_address("mcast_group", cfg.mcast_group, multicast=True)
+    if cfg.interface and (len(cfg.interface) > 15 or any(c in cfg.interface for c in "/ \t\n\0")):
+        raise ConfigError(f"interface: {cfg.interface!r} is not an interface name (like eth0)")
+    if cfg.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return cfg
 
 
 def config_from_mapping(values: dict[str, Any], base: NodeConfig | None = None) -> NodeConfig:
@@ -141,14 +218,28 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> N
                 data = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (not UTF-8); a config is TOML") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-        values = dict(data.get("node", data))
+        node = data.get("node", data)
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: [node] must be a table of settings")
+        values = dict(node)
     try:
         cfg = config_from_mapping(values)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return config_from_mapping(overrides or {}, cfg)
+    cfg = config_from_mapping(overrides or {}, cfg)
+    try:
+        return validate(cfg)
+    except ConfigError as e:
+        from_flags = {k.replace("-", "_") for k in overrides or {}}
+        if path is None or str(e).split(" ", 1)[0].rstrip(":") in from_flags:
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def control_socket_path() -> Path:

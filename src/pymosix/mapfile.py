@@ -70,9 +70,14 @@ def parse_numbered_map(text: str, name: str = "map") -> list[tuple[int, NodeId, 
 
 
 def load_map(path: Path) -> list[tuple[int, NodeId, str]]:
-    """(node number, node id, address) of each node of a map file."""
+    """(node number, node id, address) of each node of a map file; ConfigError (one line) for
+    anything wrong with it."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the map file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path}: not a text file (not UTF-8); a map has lines 'NUMBER ADDRESS COUNT'"
+        ) from None
     return parse_numbered_map(text, str(path))

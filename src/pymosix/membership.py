@@ -4,6 +4,16 @@ Fed what discovery heard (hello, bye) and the time; answers with the changes, wh
 in the seed's words. A node not heard from for `dead_after_s` is dropped; static entries (from a
 map file) never are. Two nodes claiming one node id from different addresses is a conflict that
 is recorded and reported, never resolved by letting one silently shadow the other.
+
+Epochs make it replay-proof. Every agent start picks a fresh epoch that is larger than the last
+one (its start time in the high bits, see `new_epoch`); the map keeps each node's current epoch,
+and for `replay_horizon_s` after a node left, the epoch it left with. A datagram of an older epoch
+than the current one, or of an epoch that ended, changes nothing: a BYE ends only the epoch it
+names, and old HELLOs of an epoch that said BYE never put the node back; after a BYE a node comes
+back only with a fresh epoch. A node that only fell silent may come back in the same epoch (a cut
+cable mended), never in an older one. The ReplayGuard (wire/envelope.py) rejects exact repeats;
+this rejects what is authentic but stale. (A node whose clock stepped back before its restart
+picks a smaller epoch and is ignored until the horizon has passed, about a minute.)
 """
 
 from __future__ import annotations
@@ -12,6 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from pymosix.ids import NodeId
+
+#: Low bits of an epoch that are random (two starts within one millisecond still differ).
+EPOCH_RANDOM_BITS = 20
+
+
+def new_epoch(wall_ms: int, random_bits: int) -> int:
+    """An epoch for an agent starting at `wall_ms`: later starts get larger epochs (63 bits)."""
+    return ((wall_ms << EPOCH_RANDOM_BITS) | (random_bits & ((1 << EPOCH_RANDOM_BITS) - 1))) & (
+        (1 << 63) - 1
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +70,17 @@ class Conflict:
     first_seen: float
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What is known of a node's past epochs, remembered until `until`: every epoch before
+    `epoch` is over, and `epoch` itself too when `over` (it left or was replaced; a node that
+    only fell silent may come back in the same epoch, as after a cut cable)."""
+
+    epoch: int
+    until: float
+    over: bool = True
+
+
 @dataclass
 class ClusterMap:
     """openMosix's map: this node plus every node heard recently or listed statically."""
@@ -64,6 +95,12 @@ class ClusterMap:
     conflicts: dict[tuple[NodeId, str], Conflict] = field(default_factory=dict)
     #: Most conflicts kept (a hostile or broken LAN cannot grow the table without bound).
     max_conflicts: int = 64
+    #: How long an ended epoch is remembered: as long as a capture of it can pass the timestamp
+    #: check (twice the allowed clock skew: the sender's clock may be off the other way too).
+    replay_horizon_s: float = 61.0
+    _ended: dict[NodeId, Ended] = field(default_factory=dict)
+    #: Authentic datagrams of an old or ended epoch that were ignored.
+    stale: int = 0
 
     def __post_init__(self) -> None:
         self._nodes[self.self_id] = NodeEntry(
@@ -133,10 +170,12 @@ class ClusterMap:
         gossip_port: int = 0,
         migration_port: int = 0,
     ) -> list[MapChanged]:
-        """A hello from `node_id` at `address`."""
+        """A hello from `node_id` at `address` in its `epoch`."""
         known = self._nodes.get(node_id)
         if known is not None and known.address != address:
             self.record_conflict(node_id, address, now)
+            return []
+        if node_id != self.self_id and self._is_stale(node_id, epoch, now):
             return []
         if known is None:
             self._nodes[node_id] = NodeEntry(
@@ -144,6 +183,8 @@ class ClusterMap:
             )
             return self._changed(joined=[node_id])
         if node_id != self.self_id:
+            if epoch > known.epoch:
+                self._end(node_id, known.epoch, now)  # it restarted: the old epoch is over
             self._nodes[node_id] = replace(
                 known,
                 last_heard=now,
@@ -153,13 +194,44 @@ class ClusterMap:
             )
         return []
 
-    def left(self, node_id: NodeId, address: str) -> list[MapChanged]:
-        """A clean leave (bye) from `node_id` at `address`: gone at once."""
+    def left(self, node_id: NodeId, address: str, epoch: int, now: float) -> list[MapChanged]:
+        """A clean leave (bye) from `node_id` at `address` ending `epoch`: gone at once.
+
+        A bye of an epoch older than the node's current one, or of one already over, is stale and
+        changes nothing; one of a newer epoch (a start and stop between two hellos) ends that
+        epoch and every older one. A static node stays in the map, its epoch over.
+        """
         known = self._nodes.get(node_id)
-        if known is None or known.static or known.address != address:
+        if node_id == self.self_id or self._is_stale(node_id, epoch, now):
+            return []
+        if known is not None and known.address != address:
+            return []
+        self._end(node_id, epoch, now)
+        if known is None or known.static:
             return []
         del self._nodes[node_id]
         return self._changed(left=[node_id])
+
+    def admits(self, node_id: NodeId, epoch: int, now: float) -> bool:
+        """Whether a datagram of another kind (load, ...) from `node_id` in `epoch` is current.
+
+        A discovered node must be in the map with exactly that epoch. A static node (it sends no
+        hellos) is followed by the epochs of its datagrams: a newer one replaces the old.
+        """
+        known = self._nodes.get(node_id)
+        if known is None or node_id == self.self_id:
+            return False
+        if self._is_stale(node_id, epoch, now):
+            return False
+        if known.static:
+            if epoch > known.epoch:
+                self._end(node_id, known.epoch, now)
+                self._nodes[node_id] = replace(known, epoch=epoch, last_heard=now)
+            return True
+        if epoch != known.epoch:
+            self.stale += 1
+            return False
+        return True
 
     def tick(self, now: float) -> list[MapChanged]:
         """Drop nodes not heard from for dead_after_s."""
@@ -169,10 +241,37 @@ class ClusterMap:
             if not n.static and now - n.last_heard > self.dead_after_s
         ]
         for node_id in dead:
+            self._end(node_id, self._nodes[node_id].epoch, now, over=False)
             del self._nodes[node_id]
+        for node_id in [k for k, e in self._ended.items() if e.until < now]:
+            del self._ended[node_id]
         return self._changed(left=dead)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _is_stale(self, node_id: NodeId, epoch: int, now: float) -> bool:
+        """An epoch older than the node's current one, or one that has ended (counted)."""
+        known = self._nodes.get(node_id)
+        ended = self._ended.get(node_id)
+        stale = (known is not None and epoch < known.epoch) or (
+            ended is not None
+            and ended.until >= now
+            and (epoch < ended.epoch or (epoch == ended.epoch and ended.over))
+        )
+        if stale:
+            self.stale += 1
+        return stale
+
+    def _end(self, node_id: NodeId, epoch: int, now: float, over: bool = True) -> None:
+        """Remember, for the replay horizon, that epochs of `node_id` before `epoch` are over,
+        and `epoch` too if `over`."""
+        old = self._ended.get(node_id)
+        if old is not None and old.until >= now:
+            if old.epoch > epoch:
+                epoch, over = old.epoch, old.over
+            elif old.epoch == epoch:
+                over = over or old.over
+        self._ended[node_id] = Ended(epoch, now + self.replay_horizon_s, over)
 
     def record_conflict(self, node_id: NodeId, address: str, now: float) -> None:
         key = (node_id, address)

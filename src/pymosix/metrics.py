@@ -45,6 +45,8 @@ _DATAGRAM_OUTCOMES = (
     "rejected_malformed",
     "rejected_auth",
     "rejected_replay",
+    "rejected_stale",
+    "rejected_clock",
     "rejected_unknown",
 )
 

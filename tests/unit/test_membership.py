@@ -33,7 +33,7 @@ def test_death_after_silence_and_leave_at_once() -> None:
     m.heard(C, "192.168.100.13", 1, now=2.9)
     [ch] = m.tick(3.1)
     assert ch.left == (B,)
-    [ch] = m.left(C, "192.168.100.13")
+    [ch] = m.left(C, "192.168.100.13", 1, now=3.1)
     assert ch.left == (C,)
     assert ids(m) == [ME]
 
@@ -41,7 +41,7 @@ def test_death_after_silence_and_leave_at_once() -> None:
 def test_leave_from_wrong_address_is_ignored() -> None:
     m = fresh()
     m.heard(B, "192.168.100.12", 1, now=0.0)
-    assert m.left(B, "10.9.9.9") == []
+    assert m.left(B, "10.9.9.9", 1, now=0.5) == []
     assert ids(m) == [ME, B]
 
 

@@ -131,7 +131,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"speed {f['speed']}; stay {'on' if f['stay'] else 'off'}; lstay {'on' if f['lstay'] else 'off'}; "
                 f"block {'on' if f['block'] else 'off'}; quiet {'on' if f['quiet'] else 'off'}",
                 f"datagrams: sent {c['sent']}, received {c['received']}, rejected {c['rejected']} "
-                f"(malformed {c['rejected_malformed']}, authentication {c['rejected_auth']}, replay {c['rejected_replay']})",
+                f"(malformed {c['rejected_malformed']}, authentication {c['rejected_auth']}, replay {c['rejected_replay']}, "
+                f"stale epoch {c.get('rejected_stale', 0)}, clock {c.get('rejected_clock', 0)})",
+            ]
+            if "control" in s:
+                ctl = s["control"]
+                lines.append(
+                    f"control socket: {sum(ctl['connections'].values())} connection(s) of "
+                    f"{len(ctl['connections'])} user(s), {ctl['refused']} refused"
+                )
+            lines += [
+                f"warning: refusing datagrams from {o['message']}" for o in s.get("offenders", [])
             ]
             return out(s, "\n".join(lines))
         if v == "cantmove":

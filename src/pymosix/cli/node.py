@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pymosix.config import DEFAULT_CONFIG_FILE, NodeConfig, load_config
+from pymosix.errors import ConfigError
+from pymosix.mapfile import load_map
 
 #: Flags that map one-to-one onto NodeConfig fields.
 _FLAGS = (
@@ -74,7 +76,10 @@ def setup_logging(level: str, log_file: str | None) -> None:
     root.setLevel(level.upper())
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        handlers.append(logging.FileHandler(log_file))
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as e:
+            raise ConfigError(f"--log-file {log_file}: cannot write it: {e.strerror}") from None
     for h in handlers:
         h.setFormatter(fmt)
         root.addHandler(h)
@@ -87,9 +92,14 @@ def main(argv: list[str]) -> int:
 
         sys.stdout.write(render(config, template=False))
         return 0
+    if config.map_file is not None:
+        load_map(config.map_file)  # a bad map is one line now, not after the sockets are open
     setup_logging(config.log_level, log_file)
     from pymosix.node import build_agent
 
-    agent = build_agent(config)
+    try:
+        agent = build_agent(config)
+    except OSError as e:
+        raise ConfigError(f"cannot start the agent: {e.filename}: {e.strerror}") from None
     asyncio.run(agent.run())
     return 0

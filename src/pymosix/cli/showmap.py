@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
             print_json({k: v for k, v in reply.items() if k != "ok"})
         else:
             sys.stdout.write(render_map(reply["node_id"], reply["nodes"]))
+            # Nodes left out of the map, and why (on stderr: the map keeps the seed's layout).
+            for o in reply.get("offenders", []):
+                print(f"showmap: warning: refusing datagrams from {o['message']}", file=sys.stderr)
         return 0
 
     return run_tool("showmap", body)

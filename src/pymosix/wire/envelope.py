@@ -91,12 +91,28 @@ def unseal(key: bytes | Sequence[bytes], data: bytes) -> Envelope:
     return Envelope(kind, sender, epoch, seq, time_ms, payload)
 
 
+class ReplayError(AuthError):
+    """An authentic datagram seen before, or too old for the window: a replay."""
+
+
+class SkewError(AuthError):
+    """An authentic datagram stamped too far from this node's clock: `offset_ms` ahead (>0)."""
+
+    def __init__(self, offset_ms: int, sender: int) -> None:
+        self.offset_ms = offset_ms
+        self.sender = sender
+        way = "ahead" if offset_ms > 0 else "behind"
+        super().__init__(f"timestamp {abs(offset_ms)} ms {way} (replay or clock skew)")
+
+
 class ReplayGuard:
     """Rejects a datagram seen before, by (sender, epoch, seq) with a sliding window.
 
     Out-of-order arrival within `window` sequence numbers is accepted once; older ones are not.
     A datagram whose timestamp is further than `max_skew_ms` from now is rejected too, so that
     a capture of an epoch the guard has forgotten cannot be played back later. Bounded memory.
+    Nothing ever clears a stream on purpose (a BYE does not): a window that could be reset is a
+    window a replay can reopen.
     """
 
     def __init__(
@@ -111,7 +127,7 @@ class ReplayGuard:
     def check(self, env: Envelope, now_ms: int) -> None:
         """Accept (and remember) the datagram, or raise AuthError naming why not."""
         if abs(env.time_ms - now_ms) > self.max_skew_ms:
-            raise AuthError(f"timestamp {abs(env.time_ms - now_ms)} ms off (replay or clock skew)")
+            raise SkewError(env.time_ms - now_ms, env.sender)
         key = (env.sender, env.epoch)
         state = self._streams.get(key)
         if state is None:
@@ -127,12 +143,8 @@ class ReplayGuard:
         else:
             offset = top - env.seq
             if offset >= self.window:
-                raise AuthError(f"sequence {env.seq} is too old (replay)")
+                raise ReplayError(f"sequence {env.seq} is too old (replay)")
             if mask & (1 << offset):
-                raise AuthError(f"sequence {env.seq} seen before (replay)")
+                raise ReplayError(f"sequence {env.seq} seen before (replay)")
             self._streams[key] = (top, mask | (1 << offset))
         self._streams.move_to_end(key)
-
-    def forget(self, sender: int) -> None:
-        for key in [k for k in self._streams if k[0] == sender]:
-            del self._streams[key]

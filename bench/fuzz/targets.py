@@ -1,0 +1,206 @@
+"""Fuzz targets: each takes one input and may raise only the errors its decoder promises.
+
+- ``envelope``: raw bytes as a datagram (what anyone on the LAN can send): `unseal`, which
+  raises only DecodeError or AuthError.
+- ``signed``: bytes signed with the cluster key (what gets past the tag: a node with the key, or
+  a bug): `unseal` and then every payload decoder (hello, bye, load), DecodeError only.
+- ``control``: one line on the control socket: `parse_request`, PymosixError only, and through a
+  real ControlConnection (line framing, size cap) every few inputs.
+
+A mutator (seeded, fast) makes the inputs from valid seeds: bit flips, byte sets, inserts, cuts,
+splices and interesting values, so that the fuzz goes past the first check of each decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import hmac
+import random
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from pymosix.control_server import ControlConnection, PeerCred, parse_request
+from pymosix.errors import AuthError, DecodeError, PymosixError
+from pymosix.load.gossip import LoadEntry
+from pymosix.wire.envelope import TAG_BYTES, Envelope, Kind, seal, unseal
+from pymosix.wire.messages import Hello
+
+KEY = bytes(range(32))
+T_MS = 1_800_000_000_000
+
+#: One input in; whether the decoder accepted it (a valid message) out.
+Target = Callable[[bytes], bool]
+
+
+def _hello() -> bytes:
+    return seal(
+        KEY,
+        Envelope(
+            Kind.HELLO, 0x640B, 7, 1, T_MS, Hello("192.168.100.11", 7078, 7079, 500).to_payload()
+        ),
+    )
+
+
+def _load() -> bytes:
+    entry = [0x640B, 1.5, 0.5, 10000, 2, 1 << 30, 1 << 29, 1, 0, 5, 120]
+    return seal(KEY, Envelope(Kind.LOAD, 0x640B, 7, 2, T_MS, {"e": [entry, entry]}))
+
+
+def _bye() -> bytes:
+    return seal(KEY, Envelope(Kind.BYE, 0x640B, 7, 3, T_MS, {"a": "192.168.100.11"}))
+
+
+DATAGRAM_SEEDS = [_hello(), _load(), _bye(), b"PMX1", b""]
+CONTROL_SEEDS = [
+    b'{"op":"status"}\n',
+    b'{"op":"set","name":"speed","value":15000}\n',
+    b'{"op":"run","argv":["/bin/echo","hi"],"env":{"A":"b"},"cwd":"/tmp","target":null}\n',
+    b'{"op":"migrate","pid":123,"to":25612}\n',
+    b'{"op":"x","v":[[[[1.5e308]]]],"w":"\\u00e9\\ud800"}\n',
+]
+INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0xC1, 0xDC, 0xDD, 0xDE, 0xDF, ord("["), ord("{"), ord('"')]
+TOKENS = [b"Infinity", b"NaN", b"-Infinity", b"[" * 64, b'{"a":' * 32, b"1e999", b"9" * 5000]
+
+
+def mutate(seed: bytes, rng: random.Random, tokens: list[bytes] | None = None) -> bytes:
+    """A few random edits of `seed`."""
+    data = bytearray(seed)
+    for _ in range(rng.choice((1, 1, 2, 3, 8))):
+        op = rng.randrange(7)
+        pos = rng.randrange(len(data) + 1)
+        if op == 0 and data:
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+        elif op == 1 and data:
+            data[rng.randrange(len(data))] = rng.choice(INTERESTING)
+        elif op == 2:
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        elif op == 3 and data:
+            del data[pos : pos + rng.randrange(1, 17)]
+        elif op == 4 and data:
+            a = rng.randrange(len(data))
+            data[pos:pos] = data[a : a + rng.randrange(1, 33)]
+        elif op == 5 and tokens:
+            data[pos:pos] = rng.choice(tokens)
+        elif op == 6 and len(data) >= 8:
+            i = rng.randrange(len(data) - 7)
+            data[i : i + 8] = struct.pack("!Q", rng.choice((0, 1, 2**63 - 1, 2**64 - 1, T_MS)))
+    return bytes(data)
+
+
+def envelope(data: bytes) -> bool:
+    try:
+        unseal(KEY, data)
+    except (DecodeError, AuthError):
+        return False
+    return True
+
+
+def _resign(data: bytes) -> bytes:
+    """The mutated datagram with a valid tag: only the decoders stand between it and the agent."""
+    body = data[:-TAG_BYTES] if len(data) > TAG_BYTES else data
+    return body + hmac.new(KEY, body, hashlib.sha256).digest()
+
+
+def _decode_payload(env: Envelope) -> None:
+    if env.kind == Kind.HELLO:
+        Hello.from_payload(env.payload)
+    elif env.kind == Kind.BYE:
+        if not isinstance(env.payload.get("a"), str):
+            raise DecodeError("bye without an address")
+    elif env.kind == Kind.LOAD:
+        entries = env.payload.get("e")
+        if not isinstance(entries, list) or not entries or len(entries) > 32:
+            raise DecodeError("load report without entries")
+        for e in entries:
+            LoadEntry.from_wire(e, 1000.0)
+
+
+def signed(data: bytes) -> bool:
+    try:
+        _decode_payload(unseal(KEY, _resign(data)))
+    except (DecodeError, AuthError):
+        return False
+    return True
+
+
+def control(data: bytes) -> bool:
+    try:
+        parse_request(data)
+    except PymosixError:
+        return False
+    return True
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def _stream(data: bytes) -> bool:
+    """The bytes through a real ControlConnection: framing and caps, then the parser."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=256 * 1024)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    reader.feed_data(data)
+    reader.feed_eof()
+    conn = ControlConnection(reader, writer, PeerCred(1, 1000, 1000), idle_timeout_s=1.0)
+    accepted = False
+    try:
+        for _ in range(64):
+            try:
+                if await conn.read_request() is None:
+                    break
+            except PymosixError:
+                break
+            accepted = True
+    finally:
+        writer.close()
+    return accepted
+
+
+_loops: list[asyncio.AbstractEventLoop] = []
+
+
+def control_stream(data: bytes) -> bool:
+    if not _loops:  # one loop for the whole run: a new one per input would be most of the cost
+        _loops.append(asyncio.new_event_loop())
+        atexit.register(_loops[0].close)
+    return _loops[0].run_until_complete(_stream(data))
+
+
+_ODD_VALUES: list[object] = [[[]] * 40, {"e": None}, 2**64 - 1, -(2**63), "x" * 300, 1e308]
+
+#: name -> (target, seeds, tokens)
+TARGETS: dict[str, tuple[Target, list[bytes], list[bytes]]] = {
+    "envelope": (envelope, DATAGRAM_SEEDS, []),
+    "signed": (
+        signed,
+        DATAGRAM_SEEDS,
+        [msgpack.packb(x) for x in _ODD_VALUES],
+    ),
+    "control": (control, CONTROL_SEEDS, TOKENS),
+    "control-stream": (control_stream, [b"".join(CONTROL_SEEDS), *CONTROL_SEEDS], TOKENS),
+}
