@@ -6,6 +6,8 @@
   a bug): `unseal` and then every payload decoder (hello, bye, load), DecodeError only.
 - ``control``: one line on the control socket: `parse_request`, PymosixError only, and through a
   real ControlConnection (line framing, size cap) every few inputs.
+- ``images``: the FILE frames of an incoming image (msgpack, as the channel hands them over) into
+  the target's `ImageReceiver`: ImageError only, and nothing written outside its directory.
 
 A mutator (seeded, fast) makes the inputs from valid seeds: bit flips, byte sets, inserts, cuts,
 splices and interesting values, so that the fuzz goes past the first check of each decoder.
@@ -17,9 +19,13 @@ import asyncio
 import atexit
 import hashlib
 import hmac
+import io
 import random
+import shutil
 import struct
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -27,6 +33,7 @@ import msgpack
 from pymosix.control_server import ControlConnection, PeerCred, parse_request
 from pymosix.errors import AuthError, DecodeError, PymosixError
 from pymosix.load.gossip import LoadEntry
+from pymosix.migration.images import ImageError, ImageReceiver
 from pymosix.wire.envelope import TAG_BYTES, Envelope, Kind, seal, unseal
 from pymosix.wire.messages import Hello
 
@@ -191,6 +198,49 @@ def control_stream(data: bytes) -> bool:
     return _loops[0].run_until_complete(_stream(data))
 
 
+_IMAGE_ROOT: list[Path] = []
+
+
+def _image_seed(*frames: tuple[str, bytes, bool]) -> bytes:
+    return b"".join(msgpack.packb({"name": n, "data": d, "first": f}) for n, d, f in frames)
+
+
+IMAGE_SEEDS = [
+    _image_seed(("core-1.img", b"\x01" * 40, True), ("core-1.img", b"\x02" * 8, False)),
+    _image_seed(("inventory.img", b"inv", True), ("stats-dump", b"s", True)),
+    _image_seed(("../x", b"", True), (".hidden", b"", True)),
+]
+IMAGE_TOKENS = [b"../", b"/", b"\x00", b".img", b"\xa5first", b"\xc3", b"\xc2"]
+
+
+def images(data: bytes) -> bool:
+    """Frames into a fresh directory under a private root; nothing may appear beside it."""
+    if not _IMAGE_ROOT:
+        root = Path(tempfile.mkdtemp(prefix="pmx-fuzz-images-"))
+        _IMAGE_ROOT.append(root)
+        atexit.register(shutil.rmtree, root, True)
+    root = _IMAGE_ROOT[0]
+    try:  # what the channel's frame decoding would hand over; not the receiver's business
+        frames = list(msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return False
+    where = root / "in"
+    receiver = ImageReceiver(where, limit_bytes=4096)
+    accepted = False
+    try:
+        for frame in frames:
+            receiver.feed(frame)
+            accepted = True
+    except ImageError:
+        accepted = False
+    finally:
+        receiver.close()
+        shutil.rmtree(where, ignore_errors=True)
+    if list(root.iterdir()):
+        raise AssertionError(f"the receiver wrote outside its directory: {list(root.iterdir())}")
+    return accepted
+
+
 _ODD_VALUES: list[object] = [[[]] * 40, {"e": None}, 2**64 - 1, -(2**63), "x" * 300, 1e308]
 
 #: name -> (target, seeds, tokens)
@@ -203,4 +253,5 @@ TARGETS: dict[str, tuple[Target, list[bytes], list[bytes]]] = {
     ),
     "control": (control, CONTROL_SEEDS, TOKENS),
     "control-stream": (control_stream, [b"".join(CONTROL_SEEDS), *CONTROL_SEEDS], TOKENS),
+    "images": (images, IMAGE_SEEDS, IMAGE_TOKENS),
 }

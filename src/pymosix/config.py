@@ -83,6 +83,8 @@ class NodeConfig:
     #: prints them): user names separated by commas, "*" for every local user, empty for none.
     web_users: str = ""
     #: Automatic load balancing.
+    #: Largest job image this node takes from another, in MiB (pages and all: its memory).
+    max_image_mib: int = 65536
     balance: bool = True
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
@@ -126,6 +128,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "control_max_requests_per_uid": (1, 65536, ""),
     "control_idle_timeout_ms": (1000, 86_400_000, "ms"),
     "test_clock_offset_ms": (-86_400_000, 86_400_000, "ms"),
+    "max_image_mib": (16, 16 * 1024 * 1024, "MiB"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

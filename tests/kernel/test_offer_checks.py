@@ -156,3 +156,36 @@ def test_cpu_time_adds_up_across_moves_and_ulimit_t_holds_for_the_total(
     assert job.proc.returncode == 128 + 24, "perl was stopped by SIGXCPU: the limit held"
     assert totals == sorted(totals), f"mps's CPU time never goes back: {totals}"
     assert totals[-1] >= 1.5, totals
+
+
+def test_images_at_rest_are_root_only_and_gone_after_the_move(
+    make_bed: MakeBed, jobs: list[Job], user: str
+) -> None:
+    bed = make_bed(2)
+    big = (
+        "import time\nx = bytearray(b'\\x01') * (300 << 20)\ni = 0\n"
+        "while True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.05)\n"
+    )
+    job = Job(bed, 1, ["python3", "-c", big], user=user)
+    jobs.append(job)
+    job.counts(2)
+    move = bed.popen(1, ["migrate", str(job.pid), "0x640c"], user=user)
+    seen: list[str] = []
+    try:
+        pattern = "/dev/shm/pymosix-640c-*/in-*"
+        script = f'for p in {pattern} {pattern}/*; do [ -e "$p" ] && stat -c "%a %U %n" "$p"; done'
+
+        def images_seen() -> bool:
+            seen[:] = bed.exec(2, ["sh", "-c", script]).stdout.split("\n")
+            return any("pages-" in line for line in seen)
+
+        wait_until("the image arriving on node2", images_seen, 30.0, poll_s=0.01)
+    finally:
+        assert move.wait(timeout=120) == 0
+    for line in filter(None, seen):
+        mode, owner, path = line.split(" ", 2)
+        assert owner == "root", line
+        # /dev/shm/pymosix-NODE-PID/in-JOB is the directory; the files are one level below.
+        assert mode == ("700" if path.count("/") == 4 else "600"), line
+    assert bed.glob(2, "/dev/shm/pymosix-640c-*/in-*") == [], "nothing is left once the job runs"
+    assert bed.glob(1, "/dev/shm/pymosix-640b-*/out-*") == []

@@ -65,6 +65,10 @@ def has_capability(cap: int, status: Path = Path("/proc/self/status")) -> bool:
     return False
 
 
+#: criu runs under umask 077: the images it writes (the job's whole memory) are root's alone.
+PRIVATE_FILES = ("sh", "-c", 'umask 077 && exec "$@"', "sh")
+
+
 def owner_prefix(uid: int, gid: int) -> list[str]:
     """argv prefix that runs criu with the job owner's real uid and gid, root's effective ones.
 
@@ -261,6 +265,7 @@ class CriuDriver:
         that its peer sees the end of the stream when criu exits."""
         try:
             proc = await asyncio.create_subprocess_exec(
+                *PRIVATE_FILES,
                 *prefix,
                 self.criu,
                 *args,

@@ -35,6 +35,7 @@ from pymosix.migration.criu import CriuDriver
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, JobMeta
+from pymosix.migration.images import ImageReceiver
 from pymosix.migration.link import ChannelLink, Frame, LocalLink
 from pymosix.migration.moves import (
     RECENT_MOVES,
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Largest image accepted from a peer (a guard, not a quota).
-MAX_IMAGE_BYTES = 64 * 1024**3
 #: Where agents keep the images of moves in progress (tmpfs: a dump is a memory copy).
 IMAGES_PARENT = Path("/dev/shm")
 
@@ -129,6 +128,8 @@ class MigrationEngine:
         self.load = load
         self.criu = CriuDriver(agent.config.criu)
         self.image_root = image_root(agent.node_id, os.getpid())
+        #: Largest image taken from a peer (max_image_mib).
+        self.max_image_bytes = agent.config.max_image_mib << 20
         self.home_jobs: dict[int, HomeJob] = {}
         self.hosted: dict[tuple[int, int], HostedJob] = {}
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
@@ -603,7 +604,7 @@ class MigrationEngine:
         try:
             await ch.send(Frame.READY, {})
             t0 = time.monotonic()
-            await relay_pages(ch, ours, MAX_IMAGE_BYTES)
+            await relay_pages(ch, ours, self.max_image_bytes)
             await asyncio.wait_for(server, 30)
             t_pages = time.monotonic()
             done = await self._drain_files(ch, images)
@@ -676,9 +677,10 @@ class MigrationEngine:
         return needs_refusal(needs, here)
 
     async def _drain_files(self, ch: Channel, images: Path) -> dict[str, Any]:
-        """Write the image files that follow the pages; the DONE frame's payload."""
-        total = 0
-        handle = None
+        """Write the image files that follow the pages (migration/images.py checks each); the
+        DONE frame's payload."""
+        already = sum(f.stat().st_size for f in images.iterdir())
+        receiver = ImageReceiver(images, self.max_image_bytes, already)
         try:
             while True:
                 kind, p = await asyncio.wait_for(ch.recv(), 60)
@@ -686,24 +688,9 @@ class MigrationEngine:
                     return p
                 if kind != Frame.FILE:
                     raise DecodeError(f"unexpected frame {kind} in an image")
-                name = str(p["name"])
-                if "/" in name or name.startswith(".") or not name:
-                    raise DecodeError(f"bad image file name {name!r}")
-                data = bytes(p["data"])
-                total += len(data)
-                if total > MAX_IMAGE_BYTES:
-                    raise MigrationError("image too large")
-                if p.get("first"):
-                    if handle is not None:
-                        handle.close()
-                    handle = (images / name).open("wb")
-                    os.chmod(images / name, 0o600)
-                if handle is None:
-                    raise DecodeError("image data before its file")
-                handle.write(data)
+                receiver.feed(p)
         finally:
-            if handle is not None:
-                handle.close()
+            receiver.close()
 
     async def _restore(
         self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool
