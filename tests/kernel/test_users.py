@@ -142,3 +142,10 @@ def loops() -> Iterator[list[subprocess.Popen[bytes]]]:
         for p in started:
             p.kill()
             p.wait()
+
+
+def test_a_users_job_has_the_users_umask(make_bed: MakeBed, user: str) -> None:
+    bed = make_bed(1)
+    r = bed.exec(1, ["sh", "-c", "umask 027 && mosrun sh -c umask"], user=user)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0027", "the job creates files as its user would, not as root"

@@ -96,6 +96,19 @@ def _groups_of(pid: int) -> list[int]:
     return [int(g) for g in line.split()[1:]]
 
 
+def _umask_of(pid: int) -> int | None:
+    """mosrun's umask, for its job: files the job makes get the user's modes, not root's."""
+    try:
+        line = next(
+            ln
+            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ln.startswith("Umask:")
+        )
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1], 8)
+
+
 def _root_only(conn: ControlConnection, what: str) -> None:
     if conn.peer.uid != 0:
         raise PymosixError(f"only root may {what} (mosctl {what} as root)")
@@ -232,6 +245,7 @@ class MigrationEngine:
             uid=conn.peer.uid,
             gid=conn.peer.gid,
             groups=_groups_of(conn.peer.pid),
+            umask=_umask_of(conn.peer.pid),
         )
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()

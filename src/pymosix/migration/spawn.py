@@ -82,6 +82,8 @@ if job == 0:
             os.setgroups(spec["groups"])
             os.setgid(spec["gid"])
             os.setuid(spec["uid"])
+        if spec["umask"] is not None:
+            os.umask(spec["umask"])
         what = "cd " + spec["cwd"]
         os.chdir(spec["cwd"])
         argv = [os.fsencode(a) for a in spec["argv"]]
@@ -128,6 +130,8 @@ class JobSpec:
     #: A mount namespace of its own with a /proc of its PID namespace: the job sees itself in
     #: /proc, and CRIU's parasite finds a /proc that belongs to the job (needed for non-root).
     own_proc: bool = True
+    #: The file mode creation mask, as mosrun had it; None keeps the agent's.
+    umask: int | None = None
 
 
 class SpawnError(OSError):
@@ -153,6 +157,7 @@ def _prepare(spec: JobSpec, stdio: Sequence[int]) -> tuple[list[str], bytes, lis
         | (CLONE_NEWIPC if spec.new_ipc else 0)
         | (CLONE_NEWNS if spec.own_proc else 0),
         "own_proc": spec.own_proc,
+        "umask": spec.umask,
         "stdio": fds,
     }
     return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds
