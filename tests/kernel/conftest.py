@@ -48,6 +48,9 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         for p in started:
             p.kill()
             p.wait()
+            for f in (p.stdin, p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
 
 
 def wait_until(

@@ -12,10 +12,9 @@ import secrets
 import select
 import shutil
 import signal
-import subprocess
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,20 +165,6 @@ def bare_criu(bed: TestBed, job: Job, criu: str | None = None) -> Bare:
 def broke(bare: Bare) -> bool:
     """Whether the restored copy found what it held broken (or never ran at all)."""
     return bare.step != "ran" or not bare.lines or bare.lines[-1].startswith("broken")
-
-
-@pytest.fixture(name="servers")
-def _servers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes outside any job (peers of jobs); killed after the test."""
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
 
 
 @pytest.fixture(name="criu42")

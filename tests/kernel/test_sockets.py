@@ -12,9 +12,8 @@ import pytest
 
 from pymosix.testbed import TestBed
 from tests.kernel.jobs import Job, MakeBed
-from tests.kernel.test_precheck import (  # noqa: F401 - the fixtures servers and criu42
+from tests.kernel.test_precheck import (  # noqa: F401 - the fixture criu42
     _criu42,
-    _servers,
     bare_criu,
     broke,
     looping,
@@ -49,14 +48,14 @@ while True:
 def serve(
     bed: TestBed,
     node: int,
-    servers: list[subprocess.Popen[bytes]],
+    procs: list[subprocess.Popen[bytes]],
     kind: str,
     addr: str,
     port: int = 0,
 ) -> None:
     """An echo peer on `node`, outside any job; returns once it is bound."""
     p = bed.popen(node, ["python3", "-c", ECHO, kind, addr, str(port)], stdout=subprocess.PIPE)
-    servers.append(p)
+    procs.append(p)
     assert p.stdout is not None
     ready, _, _ = select.select([p.stdout], [], [], 20)
     assert ready, "the echo peer did not start"
@@ -129,10 +128,10 @@ def test_a_loopback_tcp_connection_within_the_job_moves_and_works(
 
 
 def test_a_move_that_fails_after_the_dump_leaves_the_connection_working_at_home(
-    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]]
+    make_bed: MakeBed, jobs: list[Job], procs: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(2)
-    serve(bed, 2, servers, "tcp", "127.0.0.1", 7200)  # node2's port is taken: restore fails
+    serve(bed, 2, procs, "tcp", "127.0.0.1", 7200)  # node2's port is taken: restore fails
     job = start(bed, jobs, TCP_IN_JOB, args=["7200"])
     r = job.migrate("0x640c")
     assert r.returncode != 0
@@ -144,8 +143,8 @@ def test_a_move_that_fails_after_the_dump_leaves_the_connection_working_at_home(
     seq = before + after
     assert seq == list(range(seq[0], seq[0] + len(seq))), seq
     # And the job moves once the port is free there.
-    servers[-1].kill()
-    servers[-1].wait()
+    procs[-1].kill()
+    procs[-1].wait()
     moves_and_goes_on(job)
 
 
@@ -219,11 +218,11 @@ def connecting(kind: str, addr: str, port: int) -> str:
     ("kind", "what"), [("tcp", "a TCP connection to"), ("udp", "a UDP socket connected to")]
 )
 def test_a_connection_to_another_host_is_refused_naming_the_peer(
-    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]], kind: str, what: str
+    make_bed: MakeBed, jobs: list[Job], procs: list[subprocess.Popen[bytes]], kind: str, what: str
 ) -> None:
     bed = make_bed(2)
     peer = bed.node(2).address
-    serve(bed, 2, servers, kind, peer, 7100)
+    serve(bed, 2, procs, kind, peer, 7100)
     job = start(bed, jobs, connecting(kind, peer, 7100))
     refused_and_stays(job, f"holds {what} {peer}:7100; it would break on another node")
     # Its local address is node1's: it cannot even be bound on node2.
@@ -233,10 +232,10 @@ def test_a_connection_to_another_host_is_refused_naming_the_peer(
 
 
 def test_a_loopback_tcp_connection_to_outside_the_job_is_refused(
-    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]]
+    make_bed: MakeBed, jobs: list[Job], procs: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(2)
-    serve(bed, 1, servers, "tcp", "127.0.0.1", 5432)  # say, a database on the home node
+    serve(bed, 1, procs, "tcp", "127.0.0.1", 5432)  # say, a database on the home node
     job = start(bed, jobs, connecting("tcp", "127.0.0.1", 5432))
     refused_and_stays(job, "holds a TCP connection to 127.0.0.1:5432 outside the job")
     bare = bare_criu(bed, job)
@@ -244,10 +243,10 @@ def test_a_loopback_tcp_connection_to_outside_the_job_is_refused(
 
 
 def test_a_loopback_udp_socket_connected_outside_the_job_is_refused(
-    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]]
+    make_bed: MakeBed, jobs: list[Job], procs: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(2)
-    serve(bed, 1, servers, "udp", "127.0.0.1", 5353)
+    serve(bed, 1, procs, "udp", "127.0.0.1", 5353)
     job = start(bed, jobs, connecting("udp", "127.0.0.1", 5353))
     refused_and_stays(job, "holds a UDP socket connected to 127.0.0.1:5353 outside the job")
     bare = bare_criu(bed, job)
@@ -255,11 +254,11 @@ def test_a_loopback_udp_socket_connected_outside_the_job_is_refused(
 
 
 def test_a_unix_socket_connected_outside_the_job_is_refused(
-    make_bed: MakeBed, jobs: list[Job], servers: list[subprocess.Popen[bytes]]
+    make_bed: MakeBed, jobs: list[Job], procs: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(2)
     path = str(bed.shared_dir / "service.sock")  # say, a daemon's socket on the home node
-    serve(bed, 1, servers, "unix", path)
+    serve(bed, 1, procs, "unix", path)
     job = start(bed, jobs, connecting("unix", path, 0))
     refused_and_stays(job, f"holds a unix socket connected to {path} outside the job")
     bare = bare_criu(bed, job)

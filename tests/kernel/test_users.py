@@ -87,11 +87,11 @@ def test_a_users_job_moves_three_hops_as_that_user_and_sees_itself(
 
 
 def test_the_seed_loops_of_a_user_spread_two_and_two(
-    make_bed: MakeBed, user: str, loops: list[subprocess.Popen[bytes]]
+    make_bed: MakeBed, user: str, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     bed = make_bed(2)
     for _ in range(4):
-        loops.append(bed.popen(1, ["mosrun", *LOOP], user=user, stdout=subprocess.DEVNULL))
+        procs.append(bed.popen(1, ["mosrun", *LOOP], user=user, stdout=subprocess.DEVNULL))
     wait_until("4 jobs of the user", lambda: len(rows(bed, 1, user)) == 4, 10.0)
 
     def spread() -> dict[int, int]:
@@ -131,17 +131,6 @@ def test_another_user_can_neither_move_nor_signal_nor_ask_about_a_job(
     r = bed.exec(1, ["migrate", str(job.pid), "home"])
     assert r.returncode == 0, r.stderr
     assert job.node() == 0x640B
-
-
-@pytest.fixture
-def loops() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.kill()
-            p.wait()
 
 
 def test_a_users_job_has_the_users_umask(make_bed: MakeBed, user: str) -> None:
