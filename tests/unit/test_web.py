@@ -133,10 +133,16 @@ class FakeLoad:
         return [{"node_id": ME, "address": "127.0.0.1", "up": True, "load": 0.5, "age_ms": 0}]
 
 
+class FakeCriu:
+    async def version(self) -> tuple[int, ...]:
+        return (4, 2, 1)
+
+
 class FakeEngine:
     def __init__(self) -> None:
         self.moves: deque[MoveRecord] = deque()
         self.move_listeners: list[Any] = []
+        self.criu = FakeCriu()
 
 
 class FakeAgent:

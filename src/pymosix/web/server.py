@@ -211,10 +211,10 @@ class WebMonitor:
         rows: list[dict[str, Any]] = reply["jobs"]
         return rows
 
-    def _cantmove(self, pid: int, now: float) -> str | None:
+    def _cantmove(self, pid: int, now: float, criu_version: tuple[int, ...]) -> str | None:
         hit = self._cant.get(pid)
         if hit is None or now - hit[0] > CANTMOVE_TTL_S:
-            hit = (now, cantmove(pid))
+            hit = (now, cantmove(pid, criu_version=criu_version))
             self._cant[pid] = hit
         return hit[1]
 
@@ -226,7 +226,8 @@ class WebMonitor:
         now = time.monotonic()
         me = self.agent.node_id
         here = {int(j["pid"]) for j in jobs if j.get("pid") is not None and j["node"] == me}
-        cant = {pid: self._cantmove(pid, now) for pid in here}
+        version = await self.engine.criu.version()
+        cant = {pid: self._cantmove(pid, now, version) for pid in here}
         self._cant = {p: v for p, v in self._cant.items() if p in here}
         return {
             "t": "state",
