@@ -29,6 +29,7 @@ from pymosix.control_server import ControlConnection, ControlServer
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
+from pymosix.load.speed import measure_speed
 from pymosix.mapfile import load_map
 from pymosix.membership import ClusterMap, MapChanged, change_message
 from pymosix.wire.envelope import Envelope, Kind, ReplayGuard, seal, unseal
@@ -122,6 +123,12 @@ def resolve_address(config: NodeConfig) -> tuple[str, str]:
     raise ConfigError("no interface with an IPv4 address: set 'address' or 'interface'")
 
 
+def _measured_speed() -> int:
+    speed = measure_speed()
+    log.info("measured this node's speed: %d (set 'speed' to skip the measurement)", speed)
+    return speed
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, agent: NodeAgent) -> None:
         self.agent = agent
@@ -153,7 +160,7 @@ class NodeAgent:
             migration_port=config.migration_port,
         )
         self.counters = Counters()
-        self.flags = NodeFlags(speed=config.speed)
+        self.flags = NodeFlags(speed=config.speed or _measured_speed())
         self.replay = ReplayGuard()
         self.control = ControlServer(config.socket_path)
         self.components: list[Component] = []

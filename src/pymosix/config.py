@@ -55,8 +55,9 @@ class NodeConfig:
     gossip_fanout: int = 3
     #: A peer's load entry older than this is shown stale and ignored by the balancer.
     load_max_age_ms: int = 5000
-    #: Relative CPU speed, openMosix units: 10000 is the reference machine.
-    speed: int = 10000
+    #: Relative CPU speed, openMosix units: 10000 is the reference machine. 0: measured at start
+    #: (pymosix.load.speed, about 0.3 s of one CPU).
+    speed: int = 0
     #: The criu binary; empty: PYMOSIX_CRIU, then the provisioned one, then PATH.
     criu: str = ""
     #: Prometheus text endpoint port on this node's address; 0 is off.

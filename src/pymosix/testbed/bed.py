@@ -27,7 +27,7 @@ from pymosix.control_client import call
 from pymosix.errors import PymosixError
 from pymosix.keys import write_key
 from pymosix.migration.engine import remove_images_of
-from pymosix.testbed import kernel
+from pymosix.testbed import cpuquota, kernel
 from pymosix.testbed.kernel import CPUSET, ip
 
 ROOT = Path("/run/pymosix-testbed")
@@ -226,7 +226,9 @@ class TestBed:
         the agent's load sampler reads.
         """
         tasks = CPUSET / node.cpuset / "tasks"
-        script = f'echo $$ > {tasks} && exec "$@"'
+        # A node slowed by cpuquota.set_cpu_quota has a cpu cgroup too: join it as well.
+        cpu = cpuquota.CPU / node.cpuset
+        script = f'echo $$ > {tasks} && {{ [ ! -d {cpu} ] || echo $$ > {cpu}/tasks; }} && exec "$@"'
         return ["nsenter", f"--net=/run/netns/{node.netns}", "--", "sh", "-c", script, "sh"]
 
     def env(self, node: BedNode) -> dict[str, str]:
@@ -426,6 +428,7 @@ def down(name: str) -> None:
     remove_images_of(killed)
     for cg in cpusets:
         kernel.remove_cpuset(cg)
+    cpuquota.remove_cpu_cgroups(f"{PREFIX}-{name}-node")
     for ns in namespaces:
         ip("netns", "delete", ns, check=False)
     for link in kernel.links():
