@@ -26,6 +26,7 @@ import psutil
 from pymosix import __version__
 from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer
+from pymosix.discovery import dead_after, hello_interval
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import read_key, write_key
@@ -288,12 +289,12 @@ class NodeAgent:
         self.counters.sent += 1
         self.counters.bytes_sent += len(data)
 
-    def _hello(self) -> Hello:
+    def _hello(self, interval_s: float | None = None) -> Hello:
         return Hello(
             self.address,
             self.config.gossip_port,
             self.config.migration_port,
-            self.config.hello_interval_ms,
+            round(interval_s * 1000) if interval_s else self.config.hello_interval_ms,
         )
 
     def _send_bye(self) -> None:
@@ -301,9 +302,13 @@ class NodeAgent:
 
     async def _hello_loop(self) -> None:
         rng = secrets.SystemRandom()
-        interval = self.config.hello_interval_ms / 1000
+        base = self.config.hello_interval_ms / 1000
         while True:
-            self._multicast(Kind.HELLO, self._hello().to_payload())
+            # Rarer as the map grows: each node's hello receive rate stays bounded (discovery.py).
+            n = len(self.cluster)
+            interval = hello_interval(n, base)
+            self.cluster.dead_after_s = dead_after(n, base, self.config.dead_after_ms / 1000)
+            self._multicast(Kind.HELLO, self._hello(interval).to_payload())
             # Jitter keeps many nodes that booted together from sending in lock-step.
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
 
