@@ -13,6 +13,7 @@ import argparse
 import statistics
 import subprocess
 import time
+from typing import Any
 
 from bench._common import plot, print_table, write_csv
 from pymosix.sim import scenarios
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     bed = TestBed.up(nodes=2, name="bttb")
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         bed.wait_converged(30)
         for i in range(args.runs):
