@@ -1,10 +1,13 @@
-"""Time to balance, the seed's scenario on the test bed: four endless loops started with `mosrun`
-at node1 of two one-CPU nodes; the time from the fourth `mosrun` to the 2+2 split, median of
-`--runs` runs on one bed, side by side with the simulator's time for the same scenario (the real
-policy, seeds 0..runs-1). Also reported: the time from all four jobs existing (mosrun's own start,
-a Python interpreter, is slow on a busy machine) to the split.
+"""Time to balance, the seed's scenario on the test bed: two endless loops per node started with
+`mosrun` at node1 (four on two one-CPU nodes); the time from the last `mosrun` to the even split
+(2+2), median of `--runs` runs on one bed, side by side with the simulator's time for the same
+scenario (the real policy, seeds 0..runs-1). Also reported: the time from all jobs existing
+(mosrun's own start, a Python interpreter, is slow on a busy machine) to the split. With more
+nodes than CPUs (--nodes 4 here) each node gets an equal CFS quota of a CPU, and the simulator
+nodes the matching speed.
 
-Usage: python -m bench.time_to_balance [--runs 5]. Writes bench/results/time_to_balance.{csv,png}.
+Usage: python -m bench.time_to_balance [--runs 5] [--nodes 2]. Writes
+bench/results/time_to_balance[_N].{csv,png}.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import time
 from typing import Any
 
 from bench._common import plot, print_table, write_csv
-from pymosix.sim import scenarios
-from pymosix.testbed import TestBed
+from pymosix.sim import JobSpec, NodeSpec, SimConfig, Simulation
+from pymosix.testbed import TestBed, kernel
+from pymosix.testbed.cpuquota import set_cpu_quota
 
 LOOP = ["perl", "-e", "$i=1; while($i) { $i++; }"]  # the seed's omtest.sh
 
@@ -27,22 +31,22 @@ def where(bed: TestBed) -> list[int]:
 
 
 def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
-    """(seconds from the 4th mosrun to 2+2, seconds from all four jobs existing to 2+2)."""
-    two = {bed.node(1).node_id, bed.node(2).node_id}
-    procs = [bed.popen(1, ["mosrun", *LOOP], stdout=subprocess.DEVNULL) for _ in range(4)]
+    """(seconds from the last mosrun to an even split, seconds from all jobs existing to it)."""
+    ids = [n.node_id for n in bed.nodes]
+    procs = [bed.popen(1, ["mosrun", *LOOP], stdout=subprocess.DEVNULL) for _ in ids for _ in "ab"]
     t0 = time.monotonic()
     t_jobs = None
     try:
         while time.monotonic() - t0 < timeout_s:
             nodes = where(bed)
             now = time.monotonic()
-            if len(nodes) == 4 and t_jobs is None:
+            if len(nodes) == len(procs) and t_jobs is None:
                 t_jobs = now
-            if len(nodes) == 4 and set(nodes) == two and nodes.count(min(two)) == 2:
+            if len(nodes) == len(procs) and all(nodes.count(i) == 2 for i in ids):
                 assert t_jobs is not None
                 return now - t0, now - t_jobs
             time.sleep(0.02)
-        raise RuntimeError(f"no 2+2 split within {timeout_s} s: {where(bed)}")
+        raise RuntimeError(f"no even split within {timeout_s} s: {where(bed)}")
     finally:
         for p in procs:
             p.kill()
@@ -52,19 +56,42 @@ def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
             time.sleep(0.1)
 
 
+def seed_bed(nodes: int) -> tuple[TestBed, int]:
+    """A bed for the seed; with more nodes than CPUs each node gets an equal CFS share of one,
+    so that two nodes on a CPU are two half-speed machines. Returns it and the nodes' speed."""
+    cpus = len(kernel.host_cpus())
+    bed = TestBed.up(nodes=nodes, name=f"bttb{nodes}", agents=[])
+    ratio = min(1.0, cpus / nodes)
+    if ratio < 1.0:
+        for n in bed.nodes:
+            set_cpu_quota(n, ratio)
+    for n in bed.nodes:
+        bed.start_agent(n.index, wait=False)
+    for n in bed.nodes:
+        bed.wait_ready(n.index)
+    bed.wait_converged(30)
+    return bed, round(10000 * ratio)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--nodes", type=int, default=2)
     args = ap.parse_args()
-    bed = TestBed.up(nodes=2, name="bttb")
+    bed, speed = seed_bed(args.nodes)
+    specs = [NodeSpec(speed=speed) for _ in range(args.nodes)]
     rows: list[dict[str, Any]] = []
     try:
-        bed.wait_converged(30)
         for i in range(args.runs):
             from_mosrun, from_jobs = one_run(bed)
-            sim = scenarios.seed(nodes=2, seed=i).time_to_balance_s
+            jobs = [JobSpec(0, 1e6, rss_bytes=5 * 2**20) for _ in range(2 * args.nodes)]
+            sim = (
+                Simulation(specs, jobs, SimConfig(sample_s=0.1), seed=i)
+                .run(until_balanced=True)
+                .time_to_balance_s
+            )
             rows.append(
                 {
                     "run": i,
@@ -84,12 +111,13 @@ def main() -> None:
         f"4th mosrun (goal < 2 s), {med['bed_from_jobs_s']:.2f} s from the jobs existing; "
         f"simulator {med['sim_s']:.2f} s"
     )
-    print(f"csv: {write_csv('time_to_balance', rows)}")
+    name = "time_to_balance" if args.nodes == 2 else f"time_to_balance_{args.nodes}"
+    print(f"csv: {write_csv(name, rows)}")
     runs = [r for r in rows if r["run"] != "median"]
     xs = [float(r["run"]) for r in runs]
     png = plot(
-        "time_to_balance",
-        "Seed scenario: time to the 2+2 split (2 nodes, 1 CPU each)",
+        name,
+        f"Seed scenario: time to the even split ({args.nodes} nodes)",
         "run",
         "seconds",
         {

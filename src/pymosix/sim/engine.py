@@ -319,8 +319,9 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
 
-    def run(self, until_s: float = float("inf")) -> SimResult:
-        """Run until every job has finished or until_s; return the measurements."""
+    def run(self, until_s: float = float("inf"), until_balanced: bool = False) -> SimResult:
+        """Run until every job has finished, until_s, or (until_balanced) time to balance is
+        known; return the measurements (makespan is inf unless every job finished)."""
         for j in self.jobs:
             self._push(j.arrival, self._ARRIVE, j.jid)
         for n in self.nodes:
@@ -331,7 +332,7 @@ class Simulation:
         self._push(0.0, self._SAMPLE)
         while self._heap and self.finished < len(self.jobs):
             t, _, kind, a, b = heapq.heappop(self._heap)
-            if t > until_s:
+            if t > until_s or (until_balanced and self.time_to_balance_s is not None):
                 break
             self.now = t
             self.events += 1

@@ -46,15 +46,19 @@ def hotspot(
     hot_fraction: float = 0.02,
     work_s: float = 120.0,
     config: SimConfig | None = None,
+    until_balanced: bool = False,
 ) -> SimResult:
-    """A few hot nodes start one job per node of the cluster between them; the rest are idle."""
+    """A few hot nodes start one job per node of the cluster between them; the rest are idle.
+    until_balanced: stop when every node has its job (for scale runs)."""
     rng = random.Random(seed)
     specs = [NodeSpec() for _ in range(nodes)]
     hot = max(1, int(nodes * hot_fraction))
     jobs = [
         JobSpec(home=i % hot, work=work_s, rss_bytes=rng.randint(2, 40) * MB) for i in range(nodes)
     ]
-    return Simulation(specs, jobs, _cfg(config, nodes), seed=seed).run()
+    return Simulation(specs, jobs, _cfg(config, nodes), seed=seed).run(
+        until_balanced=until_balanced
+    )
 
 
 def uneven(
