@@ -351,7 +351,10 @@ class Simulation:
                 self._done(self.nodes[a], b)
             elif kind == self._ARRIVE:
                 job = self.jobs[a]
-                self._enter(self.nodes[job.home], job)
+                # The agent counts a job it starts at once (engine._add_hosted -> job_moved).
+                node = self.nodes[job.home]
+                node.est = adjust(node.est, 1.0)
+                self._enter(node, job)
             elif kind == self._LAND:
                 node = self.nodes[b]
                 node.incoming -= 1
