@@ -126,10 +126,15 @@ def fresh(workdir: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=workdir))
 
 
-def speeds(bed: TestBed) -> dict[int, int]:
-    return {
-        int(r["node_id"]): int(r["speed"]) for r in bed.call(1, "loads")["nodes"] if "speed" in r
-    }
+def speeds(bed: TestBed, timeout_s: float = 15.0) -> dict[int, int]:
+    """The speeds the agents measured, as node1 heard them (waits until it heard every node)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = bed.call(1, "loads")["nodes"]
+        got = {int(r["node_id"]): int(r["speed"]) for r in rows if r.get("speed")}
+        if len(got) == len(bed.nodes) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 def slowed_bed(name: str, balance: bool) -> TestBed:
