@@ -4,9 +4,10 @@ bed's numbers (read from the CSVs bench.time_to_balance, bench.balance and bench
 wrote in bench/results). Run those first; a missing one is reported as not measured.
 
 Tolerances, and why:
-- time to balance: within 40 % or 1 s (whichever is larger). The bed's own five runs spread by
-  about that much on this shared machine (2.8 to 4.4 s), and the simulator has no model of what
-  varies there: mosrun's start (a Python interpreter), CRIU's freeze (0.4 to 0.8 s under load).
+- time to balance, from all jobs existing (the simulator does not model mosrun's own start):
+  within 40 % or 1 s (whichever is larger). The bed's own five runs spread by about 25 % on this
+  shared machine (1.6 to 2.0 s from the jobs, 2.8 to 4.4 s from the mosrun), and the simulator
+  has no model of what varies there: CRIU's freeze (0.4 to 0.8 s under load).
 - makespans over their bound: within 10 %. Makespans are CPU time, which the simulator shares
   exactly as CFS does; what remains is the bed's calibration of a job's length on a busy CPU.
 - time for the last guest to leave an owner's node: within 1.5 s (three balancing rounds).
@@ -60,9 +61,11 @@ def main() -> None:
         sim = seed_time(nodes, speed)
         bed = None
         if data:
-            bed = float(next(r for r in data if r["run"] == "median")["bed_from_4th_mosrun_s"])
+            # The simulator's jobs exist at t = 0: compare with the bed's time from all jobs
+            # existing (mosrun's own start, a Python interpreter, is not modelled).
+            bed = float(next(r for r in data if r["run"] == "median")["bed_from_jobs_s"])
         ok = bed is not None and abs(sim - bed) <= max(1.0, 0.4 * bed)
-        rows.append(row(f"seed, {nodes} nodes: time to balance (s)", bed, sim, ok))
+        rows.append(row(f"seed, {nodes} nodes: time to balance from the jobs (s)", bed, sim, ok))
     balance = read("balance")
     sim_speedup = scenarios.unbalanced(nodes=2).makespan_s / scenarios.seed(nodes=2).makespan_s
     bed_speedup = None
