@@ -4,6 +4,7 @@ half the speed of its twin, and every node's tools show the measured speeds."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import pytest
@@ -23,6 +24,11 @@ def speeds_seen(bed: TestBed, viewer: int) -> dict[int, int]:
 
 
 def test_half_quota_measures_half_speed(make_bed: MakeBed) -> None:
+    # A quota of half a CPU slows a node only if it would otherwise get more than half: on a
+    # saturated machine other work already holds each node below it, and the ratio means nothing.
+    cpus = os.cpu_count() or 1
+    if os.getloadavg()[0] > 1.5 * cpus:
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {cpus} CPUs: speeds not comparable")
     bed = make_bed(2, agents=[], measure_speed=True)
     slow = bed.node(2)
     path = set_cpu_quota(slow, 0.5)
