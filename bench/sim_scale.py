@@ -1,6 +1,6 @@
 """How the simulator scales, and how time to balance and per-node messages grow with N: the
 hotspot scenario (2 % of the nodes start one job per node between them) at 10 to 10,000 nodes,
-run until every node has its job, with the bounded hello scheme (pymosix.discovery) and, up to
+run until every node has its job (time to balance; busy_99_s: 99 % of the nodes), with the bounded hello scheme (pymosix.discovery) and, up to
 `--fixed-max` nodes, the old fixed one (every node every 0.5 s). Wall and CPU seconds are this
 process's. Usage: python -m bench.sim_scale [--sizes 10,100,1000,10000] [--fixed-max 1000].
 Writes bench/results/sim_scale.{csv,png}.
@@ -39,6 +39,7 @@ def main() -> None:
                     "time_to_balance_s": r.time_to_balance_s
                     if r.time_to_balance_s is not None
                     else float("nan"),
+                    "busy_99_s": next((x.t for x in r.series if x.busy >= 0.99), float("nan")),
                     "messages_per_node_s": r.messages_per_node_s,
                     "hellos_per_node_s": r.hellos_per_node_s,
                     "load_reports_per_node_s": r.messages_per_node_s - r.hellos_per_node_s,
