@@ -1,8 +1,8 @@
 """How the simulator scales, and how time to balance and per-node messages grow with N: the
 hotspot scenario (2 % of the nodes start one job per node between them) at 10 to 10,000 nodes,
-run until every node has its job (time to balance; busy_99_s: 99 % of the nodes), with the bounded hello scheme (pymosix.discovery) and, up to
-`--fixed-max` nodes, the old fixed one (every node every 0.5 s). Wall and CPU seconds are this
-process's. Usage: python -m bench.sim_scale [--sizes 10,100,1000,10000] [--fixed-max 1000].
+run until every node has its job (time to balance; busy_99_s: 99 % of the nodes have one), with
+the bounded hello scheme (pymosix.discovery) and, up to `--fixed-max` nodes, the old fixed one
+(every node every 0.5 s). Wall and CPU seconds are this process's. Usage: python -m bench.sim_scale [--sizes 10,100,1000,10000] [--fixed-max 1000].
 Writes bench/results/sim_scale.{csv,png}.
 """
 
