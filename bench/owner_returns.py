@@ -7,7 +7,9 @@ a. Owner returns: one job per node (`--unit-s` each, 30 s by default), all start
    `--owner-tasks` CPU-bound processes there (plain processes exec'd into the node, not mosrun)
    until the batch ends. Reported: each makespan over the lower bound that gives the owner their
    node while they use it (sim.engine.lower_bound), and for pymosix the time from the owner's load
-   appearing to the last guest leaving node2.
+   appearing to the last guest leaving node2. Both nodes run at the reference speed (set, not
+   measured: a speed measured once while a neighbour keeps the CPU busy stays low, and a node
+   that looks 3x slower rightly gets no work).
 b. Arrivals on nodes of different speeds: node2 slowed to half its CPU by a CFS quota (the agents
    measure their speeds at start), a seeded mix of jobs of unknown lengths (1 to 4 units) arriving
    at node1 over time. Reported: makespan over the lower bound, the speeds the agents measured, and
@@ -49,6 +51,7 @@ class Owner:
         self.hogs: list[subprocess.Popen[bytes]] = []
         self.guests_left_s = NAN
         self.guests_at_arrival = 0
+        self.where_at_arrival: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -63,9 +66,9 @@ class Owner:
         self.hogs = [self.bed.popen(2, HOG, start_new_session=True) for _ in range(self.tasks)]
         came = time.monotonic()
         node2 = self.bed.node(2).node_id
-        self.guests_at_arrival = sum(
-            1 for j in self.bed.call(1, "jobs")["jobs"] if int(j["node"]) == node2
-        )
+        at_arrival = [int(j["node"]) for j in self.bed.call(1, "jobs")["jobs"]]
+        self.where_at_arrival = [f"{n:#x}" for n in at_arrival]
+        self.guests_at_arrival = at_arrival.count(node2)
         while self.watch and not self._stop.is_set() and self.guests_at_arrival:
             jobs = self.bed.call(1, "jobs")["jobs"]
             if jobs and all(int(j["node"]) != node2 for j in jobs):
@@ -92,7 +95,7 @@ def with_owner(
     finally:
         owner.stop()
     if watch:
-        print(f"   {owner.guests_at_arrival} guest(s) on node2 when the owner came")
+        print(f"   when the owner came, node1's jobs ran on {owner.where_at_arrival}")
     return makespan, owner.guests_left_s
 
 
@@ -163,7 +166,10 @@ def main() -> None:
     beds: list[TestBed] = []
     try:
         # --- a. owner returns -----------------------------------------------------------------
-        off = TestBed.up(nodes=2, name="bowoff", extra_args=["--set", "balance=false"])
+        # Identical nodes, and (a) is not about speeds: the reference speed, so that a speed
+        # measured while a neighbour happened to be busy cannot keep the balancer off node2.
+        ref = ["--set", "speed=10000"]
+        off = TestBed.up(nodes=2, name="bowoff", extra_args=[*ref, "--set", "balance=false"])
         beds.append(off)
         off.wait_converged(30)
         # The fastest of three: other load on a shared machine only ever slows a calibration.
@@ -171,9 +177,10 @@ def main() -> None:
         jobs = [(0.0, int(args.unit_s * per_s))] * 2
         t_off, _ = with_owner(off, args, False, lambda: run_mosrun(off, jobs))
         off.down()
-        on = TestBed.up(nodes=2, name="bowon")
+        on = TestBed.up(nodes=2, name="bowon", extra_args=ref)
         beds.append(on)
         on.wait_converged(30)
+        print(f"   speeds measured: {speeds(on)}")
         t_on, left = with_owner(on, args, True, lambda: run_mosrun(on, jobs))
         ready = sshd_ready(on, fresh(workdir))
         t_par = NAN
