@@ -26,9 +26,11 @@ import psutil
 from pymosix import __version__, flagstate, sdnotify
 from pymosix.config import NodeConfig
 from pymosix.control_server import ControlConnection, ControlServer, Limits
+from pymosix.discovery import dead_after, hello_interval
 from pymosix.errors import AuthError, ConfigError, DecodeError, PymosixError
 from pymosix.ids import NodeId, format_node_id, node_id_from_ip
 from pymosix.keys import KeyRing, read_keys, write_key
+from pymosix.load.speed import measure_speed
 from pymosix.mapfile import load_map
 from pymosix.membership import ClusterMap, MapChanged, change_message, new_epoch
 from pymosix.netif import auto_interface
@@ -136,6 +138,12 @@ def resolve_address(config: NodeConfig) -> tuple[str, str]:
     return choice.address, choice.name
 
 
+def _measured_speed() -> int:
+    speed = measure_speed()
+    log.info("measured this node's speed: %d (set 'speed' to skip the measurement)", speed)
+    return speed
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, agent: NodeAgent) -> None:
         self.agent = agent
@@ -173,7 +181,10 @@ class NodeAgent:
         )
         self.counters = Counters()
         self.flags = NodeFlags(
-            speed=config.speed, stay=config.stay, lstay=config.lstay, block=config.block
+            speed=config.speed or _measured_speed(),
+            stay=config.stay,
+            lstay=config.lstay,
+            block=config.block,
         )
         for name, value in flagstate.read(config.state_dir).items():  # mosctl ... --persist
             setattr(self.flags, name, value)
@@ -336,12 +347,12 @@ class NodeAgent:
         self.counters.sent += 1
         self.counters.bytes_sent += len(data)
 
-    def _hello(self) -> Hello:
+    def _hello(self, interval_s: float | None = None) -> Hello:
         return Hello(
             self.address,
             self.config.gossip_port,
             self.config.migration_port,
-            self.config.hello_interval_ms,
+            round(interval_s * 1000) if interval_s else self.config.hello_interval_ms,
         )
 
     def _send_bye(self) -> None:
@@ -349,9 +360,13 @@ class NodeAgent:
 
     async def _hello_loop(self) -> None:
         rng = secrets.SystemRandom()
-        interval = self.config.hello_interval_ms / 1000
+        base = self.config.hello_interval_ms / 1000
         while True:
-            self._multicast(Kind.HELLO, self._hello().to_payload())
+            # Rarer as the map grows: each node's hello receive rate stays bounded (discovery.py).
+            n = len(self.cluster)
+            interval = hello_interval(n, base)
+            self.cluster.dead_after_s = dead_after(n, base, self.config.dead_after_ms / 1000)
+            self._multicast(Kind.HELLO, self._hello(interval).to_payload())
             # Jitter keeps many nodes that booted together from sending in lock-step.
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
 

@@ -63,8 +63,9 @@ class NodeConfig:
     gossip_fanout: int = 3
     #: A peer's load entry older than this is shown stale and ignored by the balancer.
     load_max_age_ms: int = 5000
-    #: Relative CPU speed, openMosix units: 10000 is the reference machine.
-    speed: int = 10000
+    #: Relative CPU speed, openMosix units: 10000 is the reference machine. 0: measured at start
+    #: (pymosix.load.speed, about 0.3 s of one CPU).
+    speed: int = 0
     #: Refuse guests from the start (mosctl block); `mosctl ... --persist` overrides these four.
     block: bool = False
     #: No automatic migration away from this node (mosctl stay).
@@ -82,9 +83,9 @@ class NodeConfig:
     #: Who besides root may log in to the web monitor (each with a token `pymosix web-token`
     #: prints them): user names separated by commas, "*" for every local user, empty for none.
     web_users: str = ""
-    #: Automatic load balancing.
     #: Largest job image this node takes from another, in MiB (pages and all: its memory).
     max_image_mib: int = 65536
+    #: Automatic load balancing.
     balance: bool = True
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
@@ -121,7 +122,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "load_interval_ms": (100, 60_000, "ms"),
     "gossip_fanout": (1, 64, ""),
     "load_max_age_ms": (100, 3_600_000, "ms"),
-    "speed": (1, 10_000_000, ""),
+    "speed": (0, 10_000_000, ""),  # 0: measured at start
     "max_clock_skew_ms": (1000, 3_600_000, "ms"),
     "control_max_connections_per_uid": (1, 65536, ""),
     "control_max_connections": (1, 65536, ""),

@@ -40,7 +40,7 @@ FLAGS = [
     (["--mcast-port", "70000"], "mcast_port = 70000: must be from 1 to 65535"),
     (["--set", "gossip_port=70000"], "gossip_port = 70000"),
     (["--set", "migration_port=0"], "migration_port = 0"),
-    (["--set", "speed=-5"], "speed = -5: must be from 1"),
+    (["--set", "speed=-5"], "speed = -5: must be from 0"),
     (["--mcast-group", "10.0.0.1"], "not a multicast group"),
     (["--mcast-group", "nonsense"], "not an IPv4 address"),
     (["--address", "1.2.3"], "address: '1.2.3' is not an IPv4 address"),
@@ -101,8 +101,8 @@ def test_config_file_error_names_the_file_but_flag_errors_do_not(tmp_path: Path)
     cfg.write_text("hello_interval_ms = 0\n")
     assert f"{cfg}: hello_interval_ms = 0" in run([*NODE, "--config", str(cfg)], tmp_path)
     cfg.write_text("speed = 100\n")
-    line = run([*NODE, "--config", str(cfg), "--set", "speed=0"], tmp_path)
-    assert line == "pymosix node: speed = 0: must be from 1 to 10000000"
+    line = run([*NODE, "--config", str(cfg), "--set", "speed=-1"], tmp_path)
+    assert line == "pymosix node: speed = -1: must be from 0 to 10000000"
 
 
 @pytest.mark.parametrize(

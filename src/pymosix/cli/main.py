@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("keygen", "write a new cluster key"),
     "testbed": ("testbed", "a cluster of network namespaces on this machine"),
     "demo": ("demo", "replay the seed's walk-through on a test bed"),
+    "sim": ("sim", "simulate a cluster running the real policy (scenarios, CSV, PNG)"),
     "install-service": ("install_service", "install the systemd unit for the node agent"),
     "web": ("web", "where this node's web monitor is"),
     "web-token": ("web_token", "your login token for this node's web monitor"),

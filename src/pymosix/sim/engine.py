@@ -3,16 +3,21 @@
 Virtual seconds on a heap of events; one seeded random.Random. Nodes share their CPUs among their
 jobs (processor sharing), sample and smooth their load with pymosix.load.metric, send their load
 vector to a few random peers each interval (openMosix's exchange), and call pymosix.policy.decide
-each interval. A migrating job does not run: the freeze costs `freeze_cost_s`, and its image
-crosses the source's link (one image at a time) at `bandwidth_bytes_per_s`.
+every half interval, as the agent's balancer does. A migrating job does not run: the freeze costs
+`freeze_cost_s`, and its image crosses the source's link (one image at a time) at
+`bandwidth_bytes_per_s`. Membership comes from hellos (sim/membership.py, the scheme of
+pymosix.discovery): a node gossips only to nodes in its map, and keeps load entries only of those.
+Scenarios can add load pymosix does not manage (an owner's processes), nodes that join and leave,
+and a partition that heals.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import operator
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pymosix.ids import NodeId
@@ -26,6 +31,7 @@ from pymosix.policy import (
     accept_offer,
     decide,
 )
+from pymosix.sim.membership import Membership
 
 _DONE_EPS = 1e-9
 _MEASURED_AT = operator.attrgetter("measured_at")
@@ -52,10 +58,53 @@ class JobSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerLoad:
+    """`tasks` CPU-bound processes pymosix does not manage, on node `node` from start_s to end_s."""
+
+    node: int
+    start_s: float
+    end_s: float = float("inf")
+    tasks: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChange:
+    """Node `node` goes up (joins) or down (leaves with a bye, sending its guests home) at at_s."""
+
+    node: int
+    at_s: float
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """From start_s to end_s the nodes in `side` and the others cannot reach each other."""
+
+    start_s: float
+    end_s: float
+    side: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One point of the time series."""
+
+    t: float
+    #: Largest minus smallest pressure (runnable tasks per reference CPU) over live nodes.
+    imbalance: float
+    #: Share of live nodes with at least one job.
+    busy: float
+    alive: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     """Timing of the simulated agents and the network."""
 
     interval_s: float = 1.0
+    #: Balancing rounds: twice per load interval, as in the agent (balancer.py).
+    balance_s: float = 0.5
     half_life_s: float = 1.0
     #: Peers each node sends its load vector to per interval.
     fanout: int = 3
@@ -67,8 +116,13 @@ class SimConfig:
     freeze_cost_s: float = 0.3
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     balance: bool = True
-    #: How often imbalance is sampled.
+    #: How often imbalance is sampled (and time to balance resolved).
     sample_s: float = 1.0
+    #: Discovery: the configured hello interval and dead_after, and pymosix.discovery's budget
+    #: (None: the fixed interval of the old scheme, every node every hello_s).
+    hello_s: float = 0.5
+    dead_after_s: float = 3.0
+    hello_budget: int | None = 32
 
 
 @dataclass(slots=True)
@@ -105,6 +159,14 @@ class _Node:
     link_free_at: float = 0.0
     table: dict[int, _Entry] = field(default_factory=dict)
     recent: list[RecentMove] = field(default_factory=list)
+    #: Runnable processes pymosix does not manage (an owner's).
+    foreign: int = 0
+    alive: bool = True
+    #: Bumped when the node goes down: its pending ticks, rounds and hellos are void.
+    epoch: int = 0
+    up_since: float = 0.0
+    #: Whether a balancing round is scheduled.
+    rounds: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +191,18 @@ class SimResult:
     all_busy_s: float | None
     finished: int
     events: int
+    #: First sample at or after `balance_from_s` with imbalance <= 1 and nothing in flight, minus
+    #: balance_from_s; None if never.
+    time_to_balance_s: float | None = None
+    #: From an owner's load appearing to the last guest leaving that node (worst node); None if a
+    #: guest stayed while the owner's load lasted.
+    guests_left_s: float | None = None
+    #: Datagrams sent plus received per live node per second: load reports, hellos, offers.
+    messages_per_node_s: float = 0.0
+    hellos_per_node_s: float = 0.0
+    #: Offers that could not reach their target (partition, node gone).
+    lost_offers: int = 0
+    series: tuple[Sample, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -136,17 +210,34 @@ class SimResult:
         return self.makespan_s / self.lower_bound_s if self.lower_bound_s > 0 else float("inf")
 
 
-def lower_bound(nodes: Sequence[NodeSpec], jobs: Sequence[JobSpec]) -> float:
-    """No schedule can finish before this: all work over all capacity, or the latest job alone."""
+def lower_bound(
+    nodes: Sequence[NodeSpec], jobs: Sequence[JobSpec], owners: Sequence[OwnerLoad] = ()
+) -> float:
+    """No schedule can finish before this: all work over all capacity, or the latest job alone.
+
+    With owners, a node is its owner's while their load lasts: it gives the batch nothing then
+    (what openMosix promised a workstation's owner; a batch that shares the owner's CPU instead
+    can do a little better than this bound).
+    """
     if not jobs:
         return 0.0
-    capacity = sum(n.speed * n.ncpus for n in nodes) / REFERENCE_SPEED
     fastest = max(n.speed for n in nodes) / REFERENCE_SPEED
     first = min(j.arrival_s for j in jobs)
-    return max(
-        first + sum(j.work for j in jobs) / capacity,
-        max(j.arrival_s + j.work / fastest for j in jobs),
-    )
+    left = sum(j.work for j in jobs)
+    cuts = sorted({first, *(t for o in owners for t in (o.start_s, o.end_s) if t > first)})
+    t = first
+    for i, start in enumerate(cuts):
+        end = cuts[i + 1] if i + 1 < len(cuts) else float("inf")
+        owned = {o.node for o in owners if o.start_s <= start < o.end_s}
+        cap = (
+            sum(n.speed * n.ncpus for k, n in enumerate(nodes) if k not in owned) / REFERENCE_SPEED
+        )
+        if cap > 0 and left <= cap * (end - start):
+            t = start + left / cap
+            break
+        left -= cap * (end - start) if end != float("inf") else 0.0
+        t = end
+    return max(t, max(j.arrival_s + j.work / fastest for j in jobs))
 
 
 class Simulation:
@@ -159,6 +250,11 @@ class Simulation:
         config: SimConfig | None = None,
         seed: int = 0,
         settle_s: float = 10.0,
+        owners: Sequence[OwnerLoad] = (),
+        changes: Sequence[NodeChange] = (),
+        partition: Partition | None = None,
+        absent: Sequence[int] = (),
+        balance_from_s: float = 0.0,
     ) -> None:
         self.cfg = config or SimConfig()
         self.rng = random.Random(seed)
@@ -181,52 +277,110 @@ class Simulation:
         self.settled_imbalance = 0.0
         self.all_busy_s: float | None = None
         self._first_done: float | None = None
+        cfg = self.cfg
+        self.members = Membership(len(self.nodes), cfg.hello_s, cfg.dead_after_s, cfg.hello_budget)
+        for i in absent:
+            self.nodes[i].alive = False
+            self.members.absent(i)
+        self.balance_from_s = balance_from_s
+        self.owners = list(owners)
+        self.time_to_balance_s: float | None = None
+        self.lost_offers = 0
+        self.load_sent = self.load_received = self.offers = 0
+        self.series: list[Sample] = []
+        self._node_seconds = 0.0
+        self._in_flight = 0
+        self._recounted = 0.0
+        # Scenario events, in time order: (time, action).
+        self._timeline: list[tuple[float, Callable[[], None]]] = []
+        self._owner_since: dict[int, float] = {}
+        self._guests_left: dict[int, float | None] = {}
+        for o in owners:
+            self._at(o.start_s, functools.partial(self._owner, o.node, o.tasks, o.start_s))
+            if o.end_s != float("inf"):
+                self._at(o.end_s, functools.partial(self._owner, o.node, -o.tasks, None))
+        for c in changes:
+            self._at(
+                c.at_s, functools.partial(self._up if c.up else self._down, self.nodes[c.node])
+            )
+        if partition is not None:
+            self._at(partition.start_s, functools.partial(self.members.split, set(partition.side)))
+            self._at(partition.end_s, self.members.heal)
 
-    # Event kinds, with (a, b) meaning: arrive (job, -), tick (node, -), land (job, node),
-    # done (node, version), sample (-, -).
-    _ARRIVE, _TICK, _LAND, _DONE, _SAMPLE = range(5)
+    # Event kinds, with (a, b) meaning: arrive (job, -), tick (node, epoch), land (job, node),
+    # done (node, version), sample (-, -), round (node, epoch), hello (node, epoch),
+    # timeline (index, -).
+    _ARRIVE, _TICK, _LAND, _DONE, _SAMPLE, _ROUND, _HELLO, _TIMELINE = range(8)
+
+    def _at(self, t: float, action: Callable[[], None]) -> None:
+        self._timeline.append((t, action))
 
     def _push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
 
-    def run(self, until_s: float = float("inf")) -> SimResult:
-        """Run until every job has finished or until_s; return the measurements."""
+    def run(self, until_s: float = float("inf"), until_balanced: bool = False) -> SimResult:
+        """Run until every job has finished, until_s, or (until_balanced) time to balance is
+        known; return the measurements (makespan is inf unless every job finished)."""
         for j in self.jobs:
             self._push(j.arrival, self._ARRIVE, j.jid)
         for n in self.nodes:
-            self._push(self.rng.uniform(0, self.cfg.interval_s), self._TICK, n.idx)
+            if n.alive:
+                self._start_chains(n, first=True)
+        for i, (t, _) in enumerate(self._timeline):
+            self._push(t, self._TIMELINE, i)
         self._push(0.0, self._SAMPLE)
         while self._heap and self.finished < len(self.jobs):
             t, _, kind, a, b = heapq.heappop(self._heap)
-            if t > until_s:
+            if t > until_s or (until_balanced and self.time_to_balance_s is not None):
                 break
             self.now = t
             self.events += 1
             if kind == self._TICK:
-                self._tick(self.nodes[a])
+                if self.nodes[a].epoch == b:
+                    self._tick(self.nodes[a])
+            elif kind == self._ROUND:
+                if self.nodes[a].epoch == b:
+                    self._round(self.nodes[a])
+            elif kind == self._HELLO:
+                if self.nodes[a].epoch == b:
+                    self._push(self.members.hello(a, t), self._HELLO, a, b)
+            elif kind == self._TIMELINE:
+                self._timeline[a][1]()
             elif kind == self._DONE:
                 self._done(self.nodes[a], b)
             elif kind == self._ARRIVE:
                 job = self.jobs[a]
-                self._enter(self.nodes[job.home], job)
+                # The agent counts a job it starts at once (engine._add_hosted -> job_moved).
+                node = self.nodes[job.home]
+                node.est = adjust(node.est, 1.0)
+                self._enter(node, job)
             elif kind == self._LAND:
                 node = self.nodes[b]
                 node.incoming -= 1
                 node.incoming_rss -= self.jobs[a].rss
                 job = self.jobs[a]
+                self._in_flight -= 1
                 job.last_migrated_at = t
                 job.migrations += 1
                 node.est = adjust(node.est, 1.0)
                 self._enter(node, job)
             else:
                 self._sample()
+        for n in self.nodes:
+            if n.alive:
+                self._node_seconds += self.now - n.up_since
+        node_s = max(self._node_seconds, 1e-9)
+        m = self.members
+        messages = self.load_sent + self.load_received + 2 * self.offers
+        messages += m.hellos_sent + m.hellos_received
+        left = list(self._guests_left.values())
         done = [j.done_at for j in self.jobs if j.done_at is not None]
         return SimResult(
             nodes=len(self.nodes),
             jobs=len(self.jobs),
             makespan_s=max(done) if len(done) == len(self.jobs) and done else float("inf"),
-            lower_bound_s=lower_bound(self.specs, self.job_specs),
+            lower_bound_s=lower_bound(self.specs, self.job_specs, self.owners),
             migrations=self.migrations,
             migrations_before_first_exit=self._early_migrations,
             refusals=self.refusals,
@@ -236,6 +390,14 @@ class Simulation:
             all_busy_s=self.all_busy_s,
             finished=self.finished,
             events=self.events,
+            time_to_balance_s=self.time_to_balance_s,
+            guests_left_s=None
+            if not left or None in left
+            else max(v for v in left if v is not None),
+            messages_per_node_s=messages / node_s,
+            hellos_per_node_s=(m.hellos_sent + m.hellos_received) / node_s,
+            lost_offers=self.lost_offers,
+            series=tuple(self.series),
         )
 
     # --- processor sharing ------------------------------------------------------------------
@@ -245,7 +407,7 @@ class Simulation:
         k = len(node.jobs)
         if k == 0:
             return 0.0
-        return node.spec.speed / REFERENCE_SPEED * min(1.0, node.spec.ncpus / k)
+        return node.spec.speed / REFERENCE_SPEED * min(1.0, node.spec.ncpus / (k + node.foreign))
 
     def _advance(self, node: _Node) -> None:
         dt = self.now - node.last_update
@@ -266,6 +428,7 @@ class Simulation:
         self._advance(node)
         node.jobs.append(job)
         self._reschedule(node)
+        self._arm_rounds(node)
 
     def _done(self, node: _Node, version: int) -> None:
         if version != node.version:
@@ -299,16 +462,41 @@ class Simulation:
             mem_free=max(0, s.mem_total - used),
         )
 
-    def _tick(self, node: _Node) -> None:
-        cfg = self.cfg
+    def _start_chains(self, node: _Node, first: bool = False) -> None:
+        """A node's periodic work: load ticks, balancing rounds, hellos (at random phases)."""
+        cfg, e = self.cfg, node.epoch
+        self._push(self.now + self.rng.uniform(0, cfg.interval_s), self._TICK, node.idx, e)
+        node.rounds = False
+        if node.jobs:
+            self._arm_rounds(node)
+        # Already-running nodes are at a random point of their hello cycle; a joiner says hello.
+        hello = self.rng.uniform(0, self.members.interval(0)) if first else 0.0
+        self._push(self.now + hello, self._HELLO, node.idx, e)
+
+    def _mine(self, node: _Node) -> _Entry:
         self._advance(node)
-        node.est = smooth(node.est, len(node.jobs), self.now, cfg.half_life_s)
-        mine = _Entry(self._view(node), self.now)
-        self._gossip(node, mine)
-        if cfg.balance and node.jobs:
-            self._balance(node, mine.view)
-        self._reschedule(node)
-        self._push(self.now + cfg.interval_s, self._TICK, node.idx)
+        node.est = smooth(node.est, len(node.jobs) + node.foreign, self.now, self.cfg.half_life_s)
+        return _Entry(self._view(node), self.now)
+
+    def _tick(self, node: _Node) -> None:
+        self._gossip(node, self._mine(node))
+        self._push(self.now + self.cfg.interval_s, self._TICK, node.idx, node.epoch)
+
+    def _round(self, node: _Node) -> None:
+        if not node.jobs:
+            # Nothing to decide: the chain rests until a job enters (same phase distribution).
+            node.rounds = False
+            return
+        if self.cfg.balance:
+            self._balance(node, self._mine(node).view)
+            self._reschedule(node)
+        self._push(self.now + self.cfg.balance_s, self._ROUND, node.idx, node.epoch)
+
+    def _arm_rounds(self, node: _Node) -> None:
+        if not node.rounds and node.alive:
+            node.rounds = True
+            delay = self.rng.uniform(0, self.cfg.balance_s)
+            self._push(self.now + delay, self._ROUND, node.idx, node.epoch)
 
     def _gossip(self, node: _Node, mine: _Entry) -> None:
         """Trim this node's load vector, then send its load and some entries to random peers."""
@@ -326,16 +514,33 @@ class Simulation:
         relay = entries[:half]
         relay += sorted(entries[half:], key=_LOAD)[: cfg.relay - half]
         relay.append(mine)
+        m, now = self.members, self.now
         for _ in range(cfg.fanout):
-            peer = self.nodes[(node.idx + self.rng.randrange(1, n)) % n]
+            peer = self._known_peer(node)
+            if peer is None:
+                return
+            self.load_sent += 1
+            if not m.reachable(node.idx, peer.idx):
+                continue
+            self.load_received += 1
             ptable = peer.table
             for e in relay:
                 nid = e.view.node_id - 1
-                if nid == peer.idx:
+                # Entries of nodes the receiver has not heard of are dropped (gossip.LoadTable).
+                if nid == peer.idx or not m.knows(peer.idx, nid, now):
                     continue
                 old = ptable.get(nid)
                 if old is None or old.measured_at < e.measured_at:
                     ptable[nid] = e
+
+    def _known_peer(self, node: _Node) -> _Node | None:
+        """A random node of this node's map (rejection sampling: the map is not materialised)."""
+        n, m = len(self.nodes), self.members
+        for _ in range(64):
+            peer = (node.idx + self.rng.randrange(1, n)) % n
+            if m.knows(node.idx, peer, self.now):
+                return self.nodes[peer]
+        return None
 
     def _balance(self, node: _Node, me: NodeView) -> None:
         cfg, now = self.cfg, self.now
@@ -344,11 +549,13 @@ class Simulation:
         peers = {}
         for e in node.table.values():
             v = e.view
+            if v.node_id == me.node_id:
+                continue
             peers[v.node_id] = NodeView(
                 v.node_id, v.load, v.speed, v.ncpus, v.mem_total, v.mem_free,
                 age_s=now - e.measured_at,
             )  # fmt: skip
-        share = min(1.0, node.spec.ncpus / len(node.jobs))
+        share = min(1.0, node.spec.ncpus / (len(node.jobs) + node.foreign))
         jobs = tuple(
             JobView(
                 j.jid,
@@ -369,6 +576,10 @@ class Simulation:
         by_id = {j.jid: j for j in node.jobs}
         for d in decisions:
             target = self.nodes[d.target - 1]
+            self.offers += 1
+            if not self.members.reachable(node.idx, target.idx):
+                self.lost_offers += 1
+                continue
             fresh = self._view(target)
             if not accept_offer(fresh, NodeId(by_id[d.home_pid].home + 1), d.target_load):
                 # The refusal carries the target's load: the source's entry is fresh again.
@@ -376,24 +587,99 @@ class Simulation:
                 self.refusals += 1
                 continue
             job = by_id.pop(d.home_pid)
-            # A CPU-bound job is one runnable task, whatever share of the CPU it was getting.
-            node.est = adjust(node.est, -1.0)
-            target.incoming += 1
-            target.incoming_rss += job.rss
-            # The freeze runs at once; the image then waits for the source's link.
-            start = max(now + cfg.freeze_cost_s, node.link_free_at)
-            node.link_free_at = start + job.rss / cfg.bandwidth_bytes_per_s
-            self._push(node.link_free_at, self._LAND, job.jid, target.idx)
+            self._send(node, job, target)
             node.recent.append(RecentMove(d.target, now, 1.0, job.rss))
-            self.migrations += 1
         node.jobs = [j for j in node.jobs if j.jid in by_id]
+        self._check_guests(node)
+
+    def _send(self, node: _Node, job: _Job, target: _Node) -> None:
+        """Migrate a job (already taken off node.jobs by the caller) to target."""
+        cfg = self.cfg
+        # A CPU-bound job is one runnable task, whatever share of the CPU it was getting.
+        node.est = adjust(node.est, -1.0)
+        target.incoming += 1
+        target.incoming_rss += job.rss
+        # The freeze runs at once; the image then waits for the source's link.
+        start = max(self.now + cfg.freeze_cost_s, node.link_free_at)
+        node.link_free_at = start + job.rss / cfg.bandwidth_bytes_per_s
+        self._push(node.link_free_at, self._LAND, job.jid, target.idx)
+        self._in_flight += 1
+        self.migrations += 1
+
+    # --- scenario events ----------------------------------------------------------------------
+
+    def _owner(self, idx: int, delta: int, since: float | None) -> None:
+        node = self.nodes[idx]
+        self._advance(node)
+        node.foreign = max(0, node.foreign + delta)
+        self._reschedule(node)
+        if since is not None:
+            self._owner_since[idx] = since
+            self._guests_left[idx] = None
+            self._check_guests(node)
+        else:
+            self._owner_since.pop(idx, None)
+
+    def _check_guests(self, node: _Node) -> None:
+        """While an owner's load is on node: when its last guest has left, note how long it took."""
+        since = self._owner_since.get(node.idx)
+        if since is None or self._guests_left.get(node.idx) is not None:
+            return
+        if all(j.home == node.idx for j in node.jobs):
+            self._guests_left[node.idx] = self.now - since
+
+    def _up(self, node: _Node) -> None:
+        if node.alive:
+            return
+        node.alive = True
+        node.up_since = self.now
+        node.table = {}
+        node.est = LoadEstimate(0.0, self.now)
+        node.last_update = self.now
+        self.members.join(node.idx, self.now)
+        self._start_chains(node)
+
+    def _down(self, node: _Node) -> None:
+        """A clean leave: guests go home first (as `mosctl expel` does), then the bye."""
+        if not node.alive:
+            return
+        if any(j.home == node.idx for j in self.jobs if j.done_at is None):
+            raise ValueError(f"node {node.idx} is the home of unfinished jobs and cannot leave")
+        self._advance(node)
+        for job in node.jobs:
+            self._send(node, job, self.nodes[job.home])
+        node.jobs = []
+        self._reschedule(node)
+        node.alive = False
+        node.epoch += 1
+        self._node_seconds += self.now - node.up_since
+        self.members.bye(node.idx)
 
     def _sample(self) -> None:
-        per_cpu = [len(n.jobs) / n.spec.ncpus for n in self.nodes]
+        live = [n for n in self.nodes if n.alive]
+        if not live:
+            self._push(self.now + self.cfg.sample_s, self._SAMPLE)
+            return
+        per_cpu = [
+            (len(n.jobs) + n.foreign) / n.spec.ncpus * REFERENCE_SPEED / n.spec.speed for n in live
+        ]
         spread = max(per_cpu) - min(per_cpu)
+        busy = sum(1 for n in live if n.jobs) / len(live)
+        self.series.append(Sample(self.now, spread, busy, len(live), self._in_flight))
         self.max_imbalance = max(self.max_imbalance, spread)
         if self.now >= self.settle_s and self._first_done is None:
             self.settled_imbalance = max(self.settled_imbalance, spread)
-        if self.all_busy_s is None and min(per_cpu) > 0:
+        if self.all_busy_s is None and busy == 1.0:
             self.all_busy_s = self.now
+        if (
+            self.time_to_balance_s is None
+            and self.now >= self.balance_from_s
+            and spread <= 1.0 + _DONE_EPS
+            and self._in_flight == 0
+        ):
+            self.time_to_balance_s = self.now - self.balance_from_s
+        # Map sizes change slowly; an O(N) recount every few seconds is plenty.
+        if self.now - self._recounted >= 5.0:
+            self._recounted = self.now
+            self.members.recount(self.now)
         self._push(self.now + self.cfg.sample_s, self._SAMPLE)

@@ -38,7 +38,7 @@ from pymosix.control_client import call
 from pymosix.errors import PymosixError
 from pymosix.keys import write_key
 from pymosix.migration.engine import remove_images_of
-from pymosix.testbed import kernel, mounts
+from pymosix.testbed import cpuquota, kernel, mounts
 from pymosix.testbed.kernel import ip
 
 ROOT = Path("/run/pymosix-testbed")
@@ -264,7 +264,10 @@ class TestBed:
             wd = "/"
         # cd from inside: nsenter's --wd opens the directory before it enters the namespace,
         # which leaves the cwd outside the node's root (getcwd() fails for the command).
-        script = f'cd {shlex.quote(wd)} 2>/dev/null || cd /; {join} && exec "$@"'
+        # A node slowed by cpuquota.set_cpu_quota has a cpu cgroup too: join it as well.
+        cpu = cpuquota.CPU / node.cpuset
+        quota = f"{{ [ ! -d {cpu} ] || echo $$ > {cpu}/tasks; }}"
+        script = f'cd {shlex.quote(wd)} 2>/dev/null || cd /; {join} && {quota} && exec "$@"'
         enter = ["nsenter", f"--net=/run/netns/{node.netns}"]
         if node.mntns:
             enter.append(f"--mount={node.mntns}")
@@ -519,6 +522,7 @@ def down(name: str) -> None:
     remove_images_of(killed)
     for tree, cg in cgs:
         kernel.remove_cgroup(tree, cg)
+    cpuquota.remove_cpu_cgroups(f"{PREFIX}-{name}-node")
     for ns in namespaces:
         ip("netns", "delete", ns, check=False)
     for mnt in mounts.mount_namespaces(ns_prefix):

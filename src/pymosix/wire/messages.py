@@ -44,6 +44,6 @@ class Hello:
         if not all(0 < port < 65536 for port in ports):
             raise DecodeError("hello carries a port out of range")
         interval = _field(p, "h", int)
-        if not 0 < interval <= 60_000:
+        if not 0 < interval <= 3_600_000:  # up to an hour: big clusters hello rarely
             raise DecodeError("hello carries a bad interval")
         return cls(address, ports[0], ports[1], interval)

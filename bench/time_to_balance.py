@@ -1,0 +1,133 @@
+"""Time to balance, the seed's scenario on the test bed: two endless loops per node started with
+`mosrun` at node1 (four on two one-CPU nodes); the time from the last `mosrun` to the even split
+(2+2), median of `--runs` runs on one bed, side by side with the simulator's time for the same
+scenario (the real policy, seeds 0..runs-1). Also reported: the time from all jobs existing
+(mosrun's own start, a Python interpreter, is slow on a busy machine) to the split. With more
+nodes than CPUs (--nodes 4 here) each node gets an equal CFS quota of a CPU, and the simulator
+nodes the matching speed.
+
+Usage: python -m bench.time_to_balance [--runs 5] [--nodes 2]. Writes
+bench/results/time_to_balance[_N].{csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import time
+from typing import Any
+
+from bench._common import plot, print_table, write_csv
+from pymosix.sim import JobSpec, NodeSpec, SimConfig, Simulation
+from pymosix.testbed import TestBed, kernel
+from pymosix.testbed.cpuquota import set_cpu_quota
+
+LOOP = ["perl", "-e", "$i=1; while($i) { $i++; }"]  # the seed's omtest.sh
+
+
+def where(bed: TestBed) -> list[int]:
+    return sorted(int(j["node"]) for j in bed.call(1, "jobs")["jobs"])
+
+
+def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
+    """(seconds from the last mosrun to an even split, seconds from all jobs existing to it)."""
+    ids = [n.node_id for n in bed.nodes]
+    procs = [bed.popen(1, ["mosrun", *LOOP], stdout=subprocess.DEVNULL) for _ in ids for _ in "ab"]
+    t0 = time.monotonic()
+    t_jobs = None
+    try:
+        while time.monotonic() - t0 < timeout_s:
+            nodes = where(bed)
+            now = time.monotonic()
+            if len(nodes) == len(procs) and t_jobs is None:
+                t_jobs = now
+            if len(nodes) == len(procs) and all(nodes.count(i) == 2 for i in ids):
+                assert t_jobs is not None
+                return now - t0, now - t_jobs
+            time.sleep(0.02)
+        raise RuntimeError(f"no even split within {timeout_s} s: {where(bed)}")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        deadline = time.monotonic() + 30
+        while where(bed) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def seed_bed(nodes: int) -> tuple[TestBed, int]:
+    """A bed for the seed; with more nodes than CPUs each node gets an equal CFS share of one,
+    so that two nodes on a CPU are two half-speed machines. Returns it and the nodes' speed."""
+    cpus = len(kernel.host_cpus())
+    bed = TestBed.up(nodes=nodes, name=f"bttb{nodes}", agents=[])
+    ratio = min(1.0, cpus / nodes)
+    if ratio < 1.0:
+        for n in bed.nodes:
+            set_cpu_quota(n, ratio)
+    for n in bed.nodes:
+        bed.start_agent(n.index, wait=False)
+    for n in bed.nodes:
+        bed.wait_ready(n.index)
+    bed.wait_converged(30)
+    return bed, round(10000 * ratio)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--nodes", type=int, default=2)
+    args = ap.parse_args()
+    bed, speed = seed_bed(args.nodes)
+    specs = [NodeSpec(speed=speed) for _ in range(args.nodes)]
+    rows: list[dict[str, Any]] = []
+    try:
+        for i in range(args.runs):
+            from_mosrun, from_jobs = one_run(bed)
+            jobs = [JobSpec(0, 1e6, rss_bytes=5 * 2**20) for _ in range(2 * args.nodes)]
+            sim = (
+                Simulation(specs, jobs, SimConfig(sample_s=0.1), seed=i)
+                .run(until_balanced=True)
+                .time_to_balance_s
+            )
+            rows.append(
+                {
+                    "run": i,
+                    "bed_from_4th_mosrun_s": from_mosrun,
+                    "bed_from_jobs_s": from_jobs,
+                    "sim_s": float("nan") if sim is None else sim,
+                }
+            )
+            print(f"run {i}: {from_mosrun:.2f} s from the 4th mosrun ({from_jobs:.2f} s from jobs)")
+    finally:
+        bed.down()
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "run"}
+    rows.append({"run": "median", **med})
+    print_table(rows)
+    print(
+        f"time to balance, median of {args.runs}: {med['bed_from_4th_mosrun_s']:.2f} s from the "
+        f"4th mosrun (goal < 2 s), {med['bed_from_jobs_s']:.2f} s from the jobs existing; "
+        f"simulator {med['sim_s']:.2f} s"
+    )
+    name = "time_to_balance" if args.nodes == 2 else f"time_to_balance_{args.nodes}"
+    print(f"csv: {write_csv(name, rows)}")
+    runs = [r for r in rows if r["run"] != "median"]
+    xs = [float(r["run"]) for r in runs]
+    png = plot(
+        name,
+        f"Seed scenario: time to the even split ({args.nodes} nodes)",
+        "run",
+        "seconds",
+        {
+            "bed, from the 4th mosrun": (xs, [r["bed_from_4th_mosrun_s"] for r in runs]),
+            "bed, from all jobs existing": (xs, [r["bed_from_jobs_s"] for r in runs]),
+            "simulator": (xs, [r["sim_s"] for r in runs]),
+        },
+    )
+    print(f"png: {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Speeds measured, not typed: a bed node slowed to half its CPU by a CFS quota measures about
+half the speed of its twin, and every node's tools show the measured speeds."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import pytest
+
+from pymosix.testbed import TestBed
+from pymosix.testbed.cpuquota import cpu_cgroup, set_cpu_quota
+from tests.kernel.conftest import wait_until
+
+pytestmark = pytest.mark.kernel
+
+MakeBed = Callable[..., TestBed]
+
+
+def speeds_seen(bed: TestBed, viewer: int) -> dict[int, int]:
+    rows = json.loads(bed.exec(viewer, ["mosmon", "--json"]).stdout)["nodes"]
+    return {int(r["node_id"]): int(r["speed"]) for r in rows if r.get("speed")}
+
+
+def test_half_quota_measures_half_speed(make_bed: MakeBed) -> None:
+    # A quota of half a CPU slows a node only if it would otherwise get more than half: on a
+    # saturated machine other work already holds each node below it, and the ratio means nothing.
+    cpus = os.cpu_count() or 1
+    if os.getloadavg()[0] > 1.5 * cpus:
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {cpus} CPUs: speeds not comparable")
+    bed = make_bed(2, agents=[], measure_speed=True)
+    slow = bed.node(2)
+    path = set_cpu_quota(slow, 0.5)
+    assert (path / "cpu.cfs_quota_us").read_text().strip() == "5000"
+    assert (path / "cpu.cfs_period_us").read_text().strip() == "10000"
+    for i in (1, 2):
+        bed.start_agent(i)
+    bed.wait_converged(30)
+    assert slow.agent_pid in {int(x) for x in (cpu_cgroup(slow) / "tasks").read_text().split()}
+    fast_id, slow_id = bed.node(1).node_id, slow.node_id
+    for viewer in (1, 2):
+        wait_until(
+            f"node{viewer} knows both speeds",
+            lambda v=viewer: set(speeds_seen(bed, v)) == {fast_id, slow_id},  # type: ignore[misc]
+            10.0,
+        )
+    seen = speeds_seen(bed, 1)
+    assert seen == speeds_seen(bed, 2), "both nodes see the same measured speeds"
+    ratio = seen[slow_id] / seen[fast_id]
+    # Ideal 0.5. The quota can let one unthrottled 5 ms burst into a 50 ms run (at most +11 %,
+    # 0.49 to 0.52 measured); best of 5 runs repeats within about 3 % on this shared machine, and
+    # the two nodes' CPUs are shared with other work unevenly (a neighbour that stays busy costs
+    # a measurement up to ~15 %): 0.40 to 0.62.
+    assert 0.40 <= ratio <= 0.62, seen
+    # What the agent measured is what it gossips and what mosctl reports.
+    got = bed.exec(1, ["mosctl", "getspeed", f"{slow_id:#x}"]).stdout.strip()
+    assert int(got) == seen[slow_id]
