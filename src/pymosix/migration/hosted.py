@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from pymosix.errors import CriuError, JobCannotMove, MigrationError
-from pymosix.migration import cputime
+from pymosix.migration import cputime, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.link import Frame, Link
@@ -467,8 +467,9 @@ class HostedJob:
             self._in_paused = False
             self._in_ready.set()
             raise MigrationError("home did not pause stdin in time") from None
-        frozen = False
         leftover = b""
+        # Before the freeze: which processes the job itself keeps stopped (they stay so).
+        keep_stopped = procstate.stopped_by_job(self.pid)
         try:
             self._unwatch_output()
             t_freeze = time.monotonic()
@@ -487,7 +488,6 @@ class HostedJob:
                     owner=process_owner(self.pid),
                 )
                 dump_log.unlink(missing_ok=True)
-                frozen = True
                 await asyncio.wait_for(relay, 60)
             except CriuError:
                 # A dump that failed because the pages had nowhere to go: say why that was.
@@ -514,7 +514,11 @@ class HostedJob:
             leftover = _read_available(self.stdin_r)
             t_flushed = time.monotonic()
             new_pid = await self._finish_transfer(
-                ch, images, leftover + bytes(self.pending_in), cputime.used_by_tree(self.pid)
+                ch,
+                images,
+                leftover + bytes(self.pending_in),
+                cputime.used_by_tree(self.pid),
+                keep_stopped,
             )
         except BaseException as e:
             # Rollback: the unread stdin goes back into the pipe, the job goes on here.
@@ -523,9 +527,9 @@ class HostedJob:
                     os.write(self.stdin_w, leftover)
             elif leftover:
                 self.pending_in[:0] = leftover
-            if frozen:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGCONT)
+            # Every process of the tree, not just its init; whatever state a failed or killed
+            # criu left them in (a failed dump resumes them itself: SIGCONT again is harmless).
+            procstate.resume(self.pid, keep_stopped)
             self._watch_output()
             self._in_paused = False
             self._in_ready.set()
@@ -573,7 +577,12 @@ class HostedJob:
             await asyncio.sleep(0.01)
 
     async def _finish_transfer(
-        self, ch: Channel, images: Path, stdin: bytes, cpu_used: dict[int, float]
+        self,
+        ch: Channel,
+        images: Path,
+        stdin: bytes,
+        cpu_used: dict[int, float],
+        keep_stopped: set[int],
     ) -> int:
         """Send what the dump left here (all but the pages), the unread stdin and the CPU time
         each process used here (by its PID in the job's namespace); the pid the job has on the
@@ -594,6 +603,7 @@ class HostedJob:
                 "stdin": stdin,
                 "stdin_eof": self.stdin_eof,
                 "cpu_used": {str(k): v for k, v in cpu_used.items()},
+                "stopped": sorted(keep_stopped),
             },
         )
         kind, p = await asyncio.wait_for(ch.recv(), 120)
