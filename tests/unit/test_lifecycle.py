@@ -189,8 +189,8 @@ def run_move(faults: dict[str, tuple[str, float, bool]], restore_s: float = 0.5)
             elif to == "home" and kind == "ASK":
                 net.send(now, "source", "VERDICT", home.ask("m"))
             elif to == "target" and tgt.state == S.ATTACHING and kind in ("COMMITTED", "REFUSED"):
-                tgt.step(E.HOME_COMMITTED if kind == "COMMITTED" else E.HOME_ABORTED, now)
-                if tgt.state == S.RUNNING:
+                new = tgt.step(E.HOME_COMMITTED if kind == "COMMITTED" else E.HOME_ABORTED, now)
+                if new == S.RUNNING:
                     net.send(now, "source", "RESTORED")
             elif to == "source" and kind == "BEAT" and src.state == S.RESTORING:
                 src.touch(now)
