@@ -4,7 +4,9 @@ lost answers, silent hosts, frozen targets, agents that stop."""
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -104,3 +106,126 @@ def test_a_move_failing_after_the_freeze_resumes_every_process_as_it_was(
     row = job.row()
     assert row is not None
     assert row["state"] == "running"
+
+
+# --- exactly one copy ------------------------------------------------------------------------
+
+#: Counts 1, 2, 3, ... every 50 ms; argv[1] is a token that finds its processes in /proc.
+COUNT = (
+    "import sys, time\n"
+    "i = 0\n"
+    "while True:\n"
+    "    i += 1\n"
+    "    print(i, flush=True)\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+def _copies(token: str) -> list[int]:
+    """Live processes (any node: the bed shares this PID namespace) whose argv holds token."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        # argv[0] too: mosrun's own argv holds the job's.
+        if argv[0] == b"python3" and token.encode() in argv and state != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def _guest_pids(bed: TestBed, node: int, home_pid: int) -> list[int]:
+    import json
+
+    rows = json.loads(bed.exec(node, ["mps", "--json"]).stdout)["jobs"]
+    return [int(r["pid"]) for r in rows if r.get("guest") and r["home_pid"] == home_pid]
+
+
+def _set_faults(bed: TestBed, node: int, text: str) -> None:
+    path = Path(bed.node(node).dir) / "state" / "faults"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _counts_on(job: Job, n: int) -> None:
+    """The job goes on counting: n more values, each once, in order."""
+    before = job.drain_ints()
+    after = job.counts(n)
+    seq = before + after
+    assert seq == list(range(seq[0], seq[0] + len(seq))), seq
+
+
+def _moved_to_node2(bed: TestBed, jobs: list[Job]) -> tuple[Job, str]:
+    token = f"pmx-rel-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    jobs.append(job)
+    job.counts(2)
+    r = job.migrate("0x640c")
+    assert r.returncode == 0, r.stderr
+    wait_until("the guest on node2", lambda: _copies(token) == _guest_pids(bed, 2, job.pid), 20)
+    return job, token
+
+
+def test_a_lost_restored_answer_leaves_one_copy_and_migrate_tells_the_truth(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(3)
+    job, token = _moved_to_node2(bed, jobs)
+    # Node 3 restores the job and home commits it, but its RESTORED to node 2 is lost.
+    _set_faults(bed, 3, "drop RESTORED\n")
+    r = job.migrate("0x640d")
+    assert r.returncode == 0, r.stderr
+    assert "0x640d" in r.stdout
+    assert job.node() == 0x640D
+    # Node 2 asks home, hears the move committed, and drops its frozen original.
+    wait_until("node 2 to let the job go", lambda: not _guest_pids(bed, 2, job.pid), 20)
+    wait_until("one copy", lambda: len(_copies(token)) == 1, 10)
+    assert _copies(token) == _guest_pids(bed, 3, job.pid)
+    _counts_on(job, 3)
+    # Long past every deadline of the move (5 s each): still that one copy.
+    time.sleep(6)
+    assert _copies(token) == _guest_pids(bed, 3, job.pid)
+    _counts_on(job, 3)
+
+
+def test_a_target_frozen_during_the_restore_leaves_one_copy(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(3)
+    job, token = _moved_to_node2(bed, jobs)
+    agent3 = bed.node(3).agent_pid
+    move = bed.popen(
+        1, ["migrate", str(job.pid), "0x640d"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stopped = False
+    try:
+        wait_until(
+            "the restore on node 3",
+            lambda: bool(bed.glob(3, "/dev/shm/pymosix-640d-*/in-*/restore.log")),
+            30.0,
+            poll_s=0.005,
+        )
+        os.kill(agent3, signal.SIGSTOP)
+        stopped = True
+        t0 = time.monotonic()
+        _, err = move.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if stopped:
+            os.kill(agent3, signal.SIGCONT)
+        if move.poll() is None:
+            move.kill()
+        move.wait()
+    assert move.returncode != 0
+    assert b"0x640d" in err
+    assert b"restore" in err
+    assert took < 15, took
+    assert job.node() == 0x640C
+    # Node 3 wakes up, asks home to commit, is refused and kills its copy.
+    wait_until("one copy", lambda: _copies(token) == _guest_pids(bed, 2, job.pid), 20)
+    assert not _guest_pids(bed, 3, job.pid)
+    _counts_on(job, 3)
