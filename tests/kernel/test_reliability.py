@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pymosix.migration.cantmove import tree_pids
-from pymosix.testbed import TestBed
+from pymosix.testbed import TestBed, kernel
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import Job, MakeBed
 
@@ -229,3 +229,75 @@ def test_a_target_frozen_during_the_restore_leaves_one_copy(
     wait_until("one copy", lambda: _copies(token) == _guest_pids(bed, 2, job.pid), 20)
     assert not _guest_pids(bed, 3, job.pid)
     _counts_on(job, 3)
+
+
+# --- deadlines and liveness ------------------------------------------------------------------
+
+
+def test_a_host_that_vanishes_silently_is_reported_lost_within_5_s(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    job, token = _moved_to_node2(bed, jobs)
+    veth = bed.node(2).veth
+    # No FIN, no RST ever reaches home: the link goes first, then every process of node 2.
+    kernel.ip("link", "set", veth, "down")
+    try:
+        t0 = time.monotonic()
+        bed.kill_agent(2)
+        kernel.kill_pids(kernel.netns_pids(bed.node(2).netns))
+        job.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        kernel.ip("link", "set", veth, "up", check=False)
+    assert job.proc.returncode == 255
+    assert job.proc.stderr is not None
+    assert b"job lost with node 0x640c" in job.proc.stderr.read()
+    assert took < 7, took
+    assert job.row() is None
+    assert not _copies(token)
+
+
+BIG = "x = bytearray(b'\\x01') * (400 << 20)\n" + COUNT
+
+
+def test_a_target_frozen_mid_transfer_costs_at_most_10_s_of_freeze(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-rel-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", BIG, token])
+    jobs.append(job)
+    job.counts(2)
+    agent2 = bed.node(2).agent_pid
+    move = bed.popen(
+        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stopped = False
+    try:
+        wait_until(
+            "pages arriving on node2",
+            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
+            30.0,
+            poll_s=0.005,
+        )
+        os.kill(agent2, signal.SIGSTOP)
+        stopped = True
+        t0 = time.monotonic()
+        _, err = move.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if stopped:
+            os.kill(agent2, signal.SIGCONT)
+        if move.poll() is None:
+            move.kill()
+        move.wait()
+    assert move.returncode != 0
+    assert b"0x640c" in err
+    assert b"pages" in err
+    assert took < 10, took
+    assert job.node() == 0x640B
+    _counts_on(job, 3)
+    # Node 2, woken, lets its half of the move go: one copy, at home.
+    wait_until("no guest on node 2", lambda: not _guest_pids(bed, 2, job.pid), 20)
+    assert len(_copies(token)) == 1

@@ -34,7 +34,7 @@ from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
-from pymosix.migration.hosted import HostedJob, JobMeta
+from pymosix.migration.hosted import HostedJob, JobMeta, close_channel
 from pymosix.migration.lifecycle import RETRY_S, E, Machine
 from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
 from pymosix.migration.needs import Needs, look_here
@@ -506,7 +506,7 @@ class MigrationEngine:
             log.warning("migration channel from node %d: %s", ch.peer_id, e)
         finally:
             if not keep:
-                await ch.aclose()
+                await close_channel(ch)
             self._conns.discard(task)
 
     async def _receive(self, ch: Channel, p: dict[str, Any]) -> bool:

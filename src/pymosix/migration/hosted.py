@@ -105,6 +105,16 @@ class JobMeta:
         )
 
 
+async def close_channel(ch: Channel, wait_s: float = 2.0) -> None:
+    """Close, flushing what is queued for a while; a peer that stopped reading (frozen, cut
+    off) would hold a plain close forever: then the connection is aborted."""
+    try:
+        await asyncio.wait_for(ch.aclose(), wait_s)
+    except TimeoutError:
+        if ch.stream.transport is not None:
+            ch.stream.transport.abort()
+
+
 def _nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
 
@@ -438,7 +448,7 @@ class HostedJob:
             try:
                 await self._move(ch, target, t_begin)
             finally:
-                await ch.aclose()
+                await close_channel(ch)
 
     async def _offer(
         self, address: str, port: int, target: int, offer_load: float | None
