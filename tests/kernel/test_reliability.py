@@ -301,3 +301,24 @@ def test_a_target_frozen_mid_transfer_costs_at_most_10_s_of_freeze(
     # Node 2, woken, lets its half of the move go: one copy, at home.
     wait_until("no guest on node 2", lambda: not _guest_pids(bed, 2, job.pid), 20)
     assert len(_copies(token)) == 1
+
+
+# --- agents stop gracefully ------------------------------------------------------------------
+
+
+def test_an_agent_stopped_with_guests_sends_them_home_and_they_keep_counting(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    job, token = _moved_to_node2(bed, jobs)
+    second, token2 = _moved_to_node2(bed, jobs)
+    t0 = time.monotonic()
+    bed.stop_agent(2, timeout_s=40)
+    took = time.monotonic() - t0
+    assert took < 25, took
+    for j, t in ((job, token), (second, token2)):
+        assert j.proc.poll() is None, "mosrun goes on"
+        assert j.node() == 0x640B
+        assert len(_copies(t)) == 1
+        _counts_on(j, 3)
+    assert "went to node 25611" in bed.node(2).log.read_text()

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Largest image accepted from a peer (a guard, not a quota).
 MAX_IMAGE_BYTES = 64 * 1024**3
+#: How long a stopping agent tries to send its guests away (systemd's stop timeout is longer).
+STOP_GUESTS_S = 20.0
 #: Where agents keep the images of moves in progress (tmpfs: a dump is a memory copy).
 IMAGES_PARENT = Path("/dev/shm")
 
@@ -115,6 +117,10 @@ async def _beat(ch: Channel) -> None:
             await ch.send(Frame.BEAT, {})
 
 
+def _key(job: HostedJob) -> tuple[int, int]:
+    return job.meta.home_pid, job.meta.home_node
+
+
 def _user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -174,11 +180,43 @@ class MigrationEngine:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.agent.flags.block = True
+        # Guests go home (or elsewhere) rather than die with this agent; what is left goes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._send_guests_away(), STOP_GUESTS_S)
         for job in list(self.hosted.values()):
+            if job.state == "running" and job.meta.home_node != self.agent.node_id:
+                log.error("job %d of node %d could not leave: killed", *_key(job))
             job.deliver_signal(9)
         for t in list(self._conns):
             t.cancel()
         shutil.rmtree(self.image_root, ignore_errors=True)
+
+    async def _send_guests_away(self) -> None:
+        me = self.agent.node_id
+        guests = [
+            h for h in self.hosted.values() if h.meta.home_node != me and h.state == "running"
+        ]
+        if guests:
+            log.info("stopping: sending %d guest(s) away", len(guests))
+        await asyncio.gather(*(self._send_away(h) for h in guests))
+
+    async def _send_away(self, job: HostedJob) -> None:
+        """Home first; if home refuses, any other node that takes it (in map order)."""
+        me, home = self.agent.node_id, job.meta.home_node
+        others = [n.node_id for n in self.agent.cluster.nodes() if n.node_id not in (me, home)]
+        for target in (home, *others):
+            try:
+                await self.migrate_hosted(job, target)
+            except (MigrationError, CriuError, OSError) as e:
+                log.warning(
+                    "stopping: job %d did not go to node %d: %s", job.meta.home_pid, target, e
+                )
+                if job.state != "running":
+                    return
+                continue
+            log.info("stopping: job %d went to node %d", job.meta.home_pid, target)
+            return
 
     def job_counts(self) -> tuple[int, int]:
         me = self.agent.node_id
