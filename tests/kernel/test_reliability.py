@@ -322,3 +322,49 @@ def test_an_agent_stopped_with_guests_sends_them_home_and_they_keep_counting(
         assert len(_copies(t)) == 1
         _counts_on(j, 3)
     assert "went to node 25611" in bed.node(2).log.read_text()
+
+
+def _intact(job: Job) -> None:
+    """Every value the job printed reached mosrun once, in order, from its first on."""
+    ints = [int(x) for x in bytes(job.out).split()]
+    assert ints == list(range(1, len(ints) + 1)), ints[:5]
+
+
+#: (node of the fault: 1 home, 2 source, 3 target; its rules; where the job runs afterwards)
+DROPS = {
+    "DONE": ({2: "drop DONE\n"}, 0x640C),
+    "ATTACH": ({1: "drop ATTACH\n"}, 0x640C),
+    "ATTACH late": ({1: "delay ATTACH 8\n"}, 0x640C),
+    "COMMITTED once": ({1: "drop COMMITTED once\n"}, 0x640D),
+    "RESTORED late": ({3: "delay RESTORED 8\n"}, 0x640D),
+    "RESTORED, ASK once": ({3: "drop RESTORED\n", 2: "drop ASK once\n"}, 0x640D),
+    "RESTORED, VERDICT once": ({3: "drop RESTORED\n", 1: "drop VERDICT once\n"}, 0x640D),
+}
+
+
+@pytest.mark.parametrize("case", list(DROPS))
+def test_each_dropped_or_late_message_leaves_one_copy_and_stdout_intact(
+    make_bed: MakeBed, jobs: list[Job], case: str
+) -> None:
+    rules, where = DROPS[case]
+    bed = make_bed(3)
+    job, token = _moved_to_node2(bed, jobs)
+    for node, text in rules.items():
+        _set_faults(bed, node, text)
+    r = job.migrate("0x640d")
+    assert (r.returncode == 0) == (where == 0x640D), r.stdout + r.stderr
+    assert job.node() == where
+    other = 2 if where == 0x640D else 3
+    wait_until(
+        "one copy",
+        lambda: len(_copies(token)) == 1 and not _guest_pids(bed, other, job.pid),
+        25,
+    )
+    for node in rules:
+        _set_faults(bed, node, "")
+    _counts_on(job, 3)
+    # Past every deadline of the move: still that one copy, where mps says.
+    time.sleep(3)
+    assert _copies(token) == _guest_pids(bed, where - 0x640A, job.pid)
+    _counts_on(job, 2)
+    _intact(job)

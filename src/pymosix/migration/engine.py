@@ -657,7 +657,9 @@ class MigrationEngine:
                 kind: int = Frame.KILL
                 if link is not None:
                     try:
-                        kind, _ = await asyncio.wait_for(link.recv(), RETRY_S * 2)
+                        kind = Frame.BEAT
+                        while kind == Frame.BEAT:
+                            kind, _ = await asyncio.wait_for(link.recv(), RETRY_S * 2)
                     except BaseException:
                         link.close()
                         raise

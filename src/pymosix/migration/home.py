@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: Beats each way on the home-host link; a link silent this long is dead (docs/reliability.md).
 BEAT_S = 1.0
 DEAD_AFTER_S = 3.0
-#: A link lost mid-move: how long home waits for the target's ATTACH before it gives up.
+#: A link lost: how long home waits for an ATTACH (a move's target) before it gives up.
 REATTACH_S = 2.0
 #: mosrun's exit status for a job lost with the node it ran on (documented in mosrun(1)).
 LOST_STATUS = 255
@@ -155,10 +155,9 @@ class HomeJob:
                     self._attached.clear()
                     continue  # the job moved: read from its new node
                 link.close()
-                # Mid-move the target may be about to commit; otherwise the job is gone.
+                # A target may be about to commit (or to repeat an ATTACH whose COMMITTED was
+                # lost with its connection): a short wait, then the job is gone.
                 try:
-                    if not self.pending_move:
-                        raise TimeoutError
                     await asyncio.wait_for(self._attached.wait(), REATTACH_S)
                 except TimeoutError:
                     await self._lost()
@@ -228,6 +227,8 @@ class HomeJob:
         if await self.engine.faults.passes("COMMITTED"):
             with contextlib.suppress(EOFError):
                 await link.send(Frame.COMMITTED, {})
+        else:
+            link.close()  # lost with its connection, as TCP loses a frame
         old, self.link, self.node = self.link, link, node
         self.pending_move = ""
         if not first:
