@@ -251,3 +251,27 @@ def test_a_slow_restore_costs_the_move_never_a_copy(restore_s: float) -> None:
 def test_a_lost_restored_with_home_unreachable_keeps_the_target_copy() -> None:
     faults = {"RESTORED": ("drop", 0.0, True), "ASK": ("drop", 0.0, True)}
     assert run_move(faults) == 1
+
+
+def _imports(module: str) -> set[str]:
+    import ast
+    from pathlib import Path
+
+    import pymosix
+
+    path = Path(pymosix.__file__).parent / "migration" / f"{module}.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_no_circle_of_imports_and_the_lifecycle_is_pure() -> None:
+    # Not even under TYPE_CHECKING: each side names what it needs of the engine as a Protocol.
+    assert "pymosix.migration.engine" not in _imports("hosted")
+    assert "pymosix.migration.engine" not in _imports("home")
+    assert "pymosix.migration.hosted" not in _imports("home")
+    assert not {"asyncio", "socket", "time", "os"} & _imports("lifecycle")

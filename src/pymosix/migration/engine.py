@@ -34,8 +34,8 @@ from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
-from pymosix.migration.hosted import HostedJob, JobMeta, close_channel
-from pymosix.migration.lifecycle import RETRY_S, E, Machine
+from pymosix.migration.hosted import HostedJob, close_channel
+from pymosix.migration.lifecycle import RETRY_S, E, JobMeta, Machine
 from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
 from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal

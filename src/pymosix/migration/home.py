@@ -10,17 +10,23 @@ import json
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pymosix.control_server import ControlConnection
 from pymosix.errors import MigrationError
 from pymosix.ids import format_node_id
-from pymosix.migration.hosted import JobMeta
-from pymosix.migration.lifecycle import Arbiter, S
+from pymosix.migration.faults import Faults
+from pymosix.migration.lifecycle import Arbiter, JobMeta, S
 from pymosix.migration.link import Frame, Link
 
-if TYPE_CHECKING:
-    from pymosix.migration.engine import MigrationEngine
+
+class HomeEngine(Protocol):
+    """What a job's home side needs of the engine (migration/engine.py), without the import."""
+
+    @property
+    def faults(self) -> Faults: ...
+    def home_gone(self, job: HomeJob) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ KILL_WAIT_S = 10.0
 class HomeJob:
     """One job whose home (deputy) is this node."""
 
-    engine: MigrationEngine
+    engine: HomeEngine
     meta: JobMeta
     conn: ControlConnection
     link: Link

@@ -22,7 +22,7 @@ import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import psutil
 
@@ -31,13 +31,40 @@ from pymosix.ids import format_node_id
 from pymosix.migration import cputime, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
-from pymosix.migration.lifecycle import DEADLINES, RETRY_S, E, Machine, S
+from pymosix.migration.criu import CriuDriver
+from pymosix.migration.faults import Faults
+from pymosix.migration.lifecycle import DEADLINES, RETRY_S, E, JobMeta, Machine, S
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.needs import gather
 from pymosix.migration.pages import page_socketpair, relay_pages
 
-if TYPE_CHECKING:
-    from pymosix.migration.engine import MigrationEngine
+
+class _Agent(Protocol):
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def node_id(self) -> int: ...
+
+
+class HostEngine(Protocol):
+    """What a hosted job needs of its node's engine (migration/engine.py), without the import:
+    the engine imports this module, not the other way round."""
+
+    @property
+    def agent(self) -> _Agent: ...
+    @property
+    def criu(self) -> CriuDriver: ...
+    @property
+    def image_root(self) -> Path: ...
+    @property
+    def faults(self) -> Faults: ...
+    async def migrate_hosted(
+        self, job: HostedJob, target: int, offer_load: float | None = None
+    ) -> int: ...
+    def hosted_gone(self, job: HostedJob) -> None: ...
+
+
+__all__ = ["HostEngine", "HostedJob", "JobMeta", "close_channel"]
 
 log = logging.getLogger(__name__)
 
@@ -63,46 +90,6 @@ _TERMINATING = {
     signal.SIGPROF,
 }
 _STOPPING = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
-
-
-@dataclass
-class JobMeta:
-    """What travels with a job from node to node."""
-
-    home_pid: int
-    home_node: int
-    uid: int
-    argv: list[str]
-    started_at: float  # wall clock
-    migrations: int = 0
-    locked: bool = False
-    allowed_nodes: list[int] | None = None
-    #: CPU seconds the job's processes used on the nodes before this one (CRIU restarts the
-    #: kernel's count at every restore).
-    cpu_s: float = 0.0
-    #: The same per process, by its PID in the job's namespace (for RLIMIT_CPU: cputime.py).
-    cpu_by_pid: dict[int, float] = field(default_factory=dict)
-    #: Times it was frozen for a move, failed moves included.
-    freezes: int = 0
-
-    def to_wire(self) -> dict[str, Any]:
-        return dict(self.__dict__) | {"cpu_by_pid": {str(k): v for k, v in self.cpu_by_pid.items()}}
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> JobMeta:
-        return cls(
-            home_pid=int(d["home_pid"]),
-            home_node=int(d["home_node"]),
-            uid=int(d["uid"]),
-            argv=[str(a) for a in d["argv"]],
-            started_at=float(d["started_at"]),
-            migrations=int(d["migrations"]),
-            locked=bool(d["locked"]),
-            allowed_nodes=[int(n) for n in d["allowed_nodes"]] if d.get("allowed_nodes") else None,
-            cpu_s=float(d.get("cpu_s", 0.0)),
-            cpu_by_pid={int(k): float(v) for k, v in dict(d.get("cpu_by_pid") or {}).items()},
-            freezes=int(d.get("freezes", 0)),
-        )
 
 
 async def close_channel(ch: Channel, wait_s: float = 2.0) -> None:
@@ -146,7 +133,7 @@ def _read_available(fd: int) -> bytes:
 class HostedJob:
     """One job running on this node."""
 
-    engine: MigrationEngine
+    engine: HostEngine
     meta: JobMeta
     pid: int
     stdin_w: int | None

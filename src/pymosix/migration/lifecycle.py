@@ -9,6 +9,9 @@ No sockets, no asyncio, time passed in. Three parties take part in a move (docs/
 - the **home** is the arbiter: the first of ATTACH (commit) and ASK (from a source that heard
   nothing) for a move decides it for good; later ones only hear the decision.
 
+JobMeta, what travels with a job from node to node, lives here too: the home side, the host
+side and the engine share it without importing one another.
+
 So exactly one copy runs: the source resumes only a move home aborted, the target runs only a
 move home committed.
 """
@@ -19,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class S(StrEnum):
@@ -132,6 +136,46 @@ DEADLINES: Mapping[tuple[str, S], float] = {
 
 #: How often the source asks home again, and the target attaches again (both idempotent).
 RETRY_S = 1.0
+
+
+@dataclass
+class JobMeta:
+    """What travels with a job from node to node."""
+
+    home_pid: int
+    home_node: int
+    uid: int
+    argv: list[str]
+    started_at: float  # wall clock
+    migrations: int = 0
+    locked: bool = False
+    allowed_nodes: list[int] | None = None
+    #: CPU seconds the job's processes used on the nodes before this one (CRIU restarts the
+    #: kernel's count at every restore).
+    cpu_s: float = 0.0
+    #: The same per process, by its PID in the job's namespace (for RLIMIT_CPU: cputime.py).
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    #: Times it was frozen for a move, failed moves included.
+    freezes: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.__dict__) | {"cpu_by_pid": {str(k): v for k, v in self.cpu_by_pid.items()}}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> JobMeta:
+        return cls(
+            home_pid=int(d["home_pid"]),
+            home_node=int(d["home_node"]),
+            uid=int(d["uid"]),
+            argv=[str(a) for a in d["argv"]],
+            started_at=float(d["started_at"]),
+            migrations=int(d["migrations"]),
+            locked=bool(d["locked"]),
+            allowed_nodes=[int(n) for n in d["allowed_nodes"]] if d.get("allowed_nodes") else None,
+            cpu_s=float(d.get("cpu_s", 0.0)),
+            cpu_by_pid={int(k): float(v) for k, v in dict(d.get("cpu_by_pid") or {}).items()},
+            freezes=int(d.get("freezes", 0)),
+        )
 
 
 class IllegalTransition(ValueError):
