@@ -368,3 +368,43 @@ def test_each_dropped_or_late_message_leaves_one_copy_and_stdout_intact(
     assert _copies(token) == _guest_pids(bed, where - 0x640A, job.pid)
     _counts_on(job, 2)
     _intact(job)
+
+
+def test_a_stopping_agent_sends_a_guest_elsewhere_when_home_refuses(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(3)
+    job, token = _moved_to_node2(bed, jobs)
+    _set_faults(bed, 1, "drop READY\n")
+    bed.stop_agent(2, timeout_s=40)
+    assert job.proc.poll() is None
+    assert job.node() == 0x640D
+    assert _copies(token) == _guest_pids(bed, 3, job.pid)
+    _counts_on(job, 3)
+    _intact(job)
+
+
+#: Counts, and outlives SIGTERM and SIGINT (it handles them by printing).
+STUBBORN = (
+    "import signal, sys, time\n"
+    "for s in (signal.SIGTERM, signal.SIGINT):\n"
+    "    signal.signal(s, lambda *_: print('no', flush=True))\n" + COUNT.split("\n", 1)[1]
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_mosrun_always_answers_a_second_sigterm_or_ctrl_c(
+    make_bed: MakeBed, jobs: list[Job], sig: int
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-rel-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", STUBBORN, token])
+    jobs.append(job)
+    assert job.migrate("0x640c").returncode == 0
+    job.lines.get(timeout=20)
+    job.proc.send_signal(sig)
+    wait_until("the job's answer", lambda: b"no\n" in bytes(job.out), 10)
+    assert job.proc.poll() is None, "the job handled it: mosrun goes on"
+    job.proc.send_signal(sig)
+    assert job.proc.wait(timeout=5) == 128 + sig
+    wait_until("the job gone", lambda: not _copies(token), 15)

@@ -565,6 +565,8 @@ class MigrationEngine:
             refusal = self.accept(meta.home_node, float(p["offer_load"]))
         if not refusal:
             refusal = await self._check_needs(p.get("needs"))
+        if not refusal and not await self.faults.passes("READY"):
+            refusal = f"node {format_node_id(me)} refuses (fault hook)"
         if refusal:
             log.info("refused job %d of node %d: %s", meta.home_pid, ch.peer_id, refusal)
             await ch.send(Frame.FAILED, {"error": refusal})

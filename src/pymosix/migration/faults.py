@@ -1,7 +1,7 @@
 """The fault hook: protocol messages dropped or delayed on purpose, for tests of what a lost
 or late message does (issue 16). Off unless the node's state directory holds a `faults` file
 (root-only, as the state directory is); each line is ``drop KIND`` or ``delay KIND SECONDS``,
-KIND a frame name (DONE, ATTACH, COMMITTED, RESTORED, ASK, VERDICT), with ``once`` at the end
+KIND a frame name (READY: the target refuses the offer; DONE, ATTACH, COMMITTED, RESTORED, ASK, VERDICT), with ``once`` at the end
 for a rule that applies to the next such message only (the line is then removed)."""
 
 from __future__ import annotations
