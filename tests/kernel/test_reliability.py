@@ -408,3 +408,28 @@ def test_mosrun_always_answers_a_second_sigterm_or_ctrl_c(
     job.proc.send_signal(sig)
     assert job.proc.wait(timeout=5) == 128 + sig
     wait_until("the job gone", lambda: not _copies(token), 15)
+
+
+# --- no orphans ------------------------------------------------------------------------------
+
+
+def test_a_guest_left_by_an_agent_killed_with_kill_9_is_removed_by_the_next_agent(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    # Silent: a job that writes dies of SIGPIPE with the agent; this one would run forever.
+    token = f"pmx-rel-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", "import time\nwhile True: time.sleep(0.05)", token])
+    jobs.append(job)
+    assert job.migrate("0x640c").returncode == 0
+    wait_until("the guest on node2", lambda: _copies(token) == _guest_pids(bed, 2, job.pid), 20)
+    bed.kill_agent(2)
+    assert len(_copies(token)) == 1
+    # Home hears the link close: the job is reported lost at once (no checkpoint to restore).
+    assert job.proc.wait(timeout=10) == 255
+    assert job.proc.stderr is not None
+    assert b"job lost with node 0x640c" in job.proc.stderr.read()
+    # Its process outlived the agent, unseen: the next agent of the node removes it.
+    bed.start_agent(2)
+    wait_until("the orphan removed", lambda: not _copies(token), 15)
+    assert "left by agent" in bed.node(2).log.read_text()

@@ -39,6 +39,7 @@ from pymosix.migration.lifecycle import RETRY_S, E, JobMeta, Machine
 from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
 from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
+from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
 from pymosix.refusals import Refusals
@@ -140,6 +141,8 @@ class MigrationEngine:
         self.hosted: dict[tuple[int, int], HostedJob] = {}
         #: Protocol messages dropped or delayed on purpose (tests; migration/faults.py).
         self.faults = Faults(agent.config.state_dir / "faults")
+        #: Records of the jobs held here, so that a next agent removes what a crash left.
+        self.records = JobRecords(agent.config.state_dir)
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
         self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
@@ -167,6 +170,7 @@ class MigrationEngine:
     async def start(self) -> None:
         become_subreaper()
         self._remove_stale_images()
+        self.records.sweep()
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
             self.agent.address, self.agent.config.migration_port, frame_length, self._accept
@@ -231,6 +235,7 @@ class MigrationEngine:
         key = (job.meta.home_node, job.meta.home_pid)
         if self.hosted.get(key) is job:
             del self.hosted[key]
+            self.records.forget(job.pid)
             if self.load is not None:
                 self.load.job_moved(-1)
 
@@ -240,6 +245,7 @@ class MigrationEngine:
 
     def _add_hosted(self, job: HostedJob) -> None:
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
+        self.records.record(job.pid, job.meta.home_node, job.meta.home_pid)
         job.start()
         if self.load is not None:
             self.load.job_moved(+1)
