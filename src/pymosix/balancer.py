@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import NodeId
 from pymosix.load.gossip import LoadEntry
-from pymosix.migration.hosted import HostedJob, JobMeta
+from pymosix.migration.hosted import HostedJob
+from pymosix.migration.lifecycle import JobMeta
 from pymosix.policy import (
     ClusterSnapshot,
     JobView,

@@ -13,7 +13,7 @@ import pytest
 from pymosix.cli.mosrun import exit_status, parse_args, request
 from pymosix.control_server import ControlConnection, ControlServer
 from pymosix.errors import PymosixError
-from pymosix.migration.hosted import JobMeta
+from pymosix.migration.lifecycle import JobMeta
 from pymosix.migration.link import Frame, LocalLink
 
 

@@ -20,6 +20,11 @@ address, or runon.
 
 mosrun relays stdin, stdout and stderr, forwards signals, and exits with the job's status (128+N
 when it died of signal N), wherever the job runs. Killing mosrun kills the job.
+
+Exit status 255: the job is lost (its node vanished: "job lost with node 0x640c", within 5 s
+of its last sign of life), or the agent went away. SIGTERM, SIGINT (Ctrl-C) and SIGHUP always
+end mosrun: the first is forwarded to the job (which may handle it); a second one ends mosrun
+at once with 128+N, and home kills the job.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from pymosix.control_client import ControlClient, call
 from pymosix.errors import PymosixError
 from pymosix.ids import HOME, NodeId, describe_node, expand_node_list, resolve_node
 
+#: Signals that end mosrun when they come twice, whatever the job does (see the docstring).
+ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED = (
     signal.SIGINT,
     signal.SIGTERM,
@@ -168,6 +175,8 @@ class Deputy:
         os.set_blocking(self.sig_w, False)
         os.set_blocking(self.sig_r, False)
         self.buf = client._buf
+        #: The first ending signal forwarded (a second one ends mosrun).
+        self.ending: int | None = None
 
     def send(self, msg: dict[str, Any]) -> None:
         # If the agent already closed, what it said before closing is still to be read.
@@ -210,9 +219,18 @@ class Deputy:
                         self.send({"t": "eof"})
                 elif key.data == "sig":
                     for b in os.read(self.sig_r, 64):
+                        if b in ENDING and self.ending is not None:
+                            return self._give_up(b)
                         self._signal(b)
 
+    def _give_up(self, sig: int) -> int:
+        """mosrun ends on a signal the job outlived: closing the connection kills the job."""
+        print(f"mosrun: ended by signal {sig}; the job is killed", file=sys.stderr)
+        return 128 + sig
+
     def _signal(self, sig: int) -> None:
+        if sig in ENDING and self.ending is None:
+            self.ending = sig
         self.send({"t": "sig", "n": sig})
         if sig == signal.SIGTSTP:
             # Ctrl-Z: the job stops (above); then so do we, as the shell expects.

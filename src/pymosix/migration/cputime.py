@@ -25,7 +25,7 @@ from pymosix.migration.cantmove import process_owner, tree_pids
 from pymosix.migration.criu import owner_prefix
 
 if TYPE_CHECKING:
-    from pymosix.migration.hosted import JobMeta
+    from pymosix.migration.lifecycle import JobMeta
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import re
-import signal
 import socket
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from pymosix.config import find_criu
 from pymosix.errors import CriuError
 from pymosix.install import setup_fix
+from pymosix.migration import procstate
 from pymosix.migration.cantmove import tree_pids
 
 #: Lines of a criu log that say what went wrong, best first.
@@ -142,9 +142,13 @@ def restore_args(
     pidfile: Path,
     inherit_fds: Mapping[int, str],
     join_netns: str | None = None,
+    leave_stopped: bool = False,
 ) -> list[str]:
-    """criu arguments to restore as the caller's child (-d -S), stdio re-bound to our fds."""
+    """criu arguments to restore as the caller's child (-d -S), stdio re-bound to our fds;
+    with leave_stopped every task is left SIGSTOPped (a move resumes it once committed)."""
     args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile), "--auto-dedup"]
+    if leave_stopped:
+        args.append("--leave-stopped")
     # The job's mount namespace is rebuilt on the target's root, from the target's own mounts.
     args += ["--root", "/", "--external", "mnt[]"]
     # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
@@ -215,13 +219,12 @@ def end_tcp_repair(pid: int) -> int:
     return fixed
 
 
-def resume_dumped(pid: int) -> None:
+def resume_dumped(pid: int, keep_stopped: set[int] | None = None) -> None:
     """Let a job that was dumped with -s go on here (the rollback of a failed move): its TCP
-    sockets out of repair mode, then every process of it continued (dump -s stopped each)."""
+    sockets out of repair mode, then every process of it continued (dump -s stopped each), but
+    those the job itself had stopped (by their PIDs in its namespace: migration/procstate.py)."""
     end_tcp_repair(pid)
-    for p in tree_pids(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGCONT)
+    procstate.resume(pid, keep_stopped or set())
 
 
 class CriuDriver:
@@ -428,6 +431,7 @@ class CriuDriver:
         pidfile: Path | None = None,
         join_netns: str | None = None,
         log: Path | None = None,
+        leave_stopped: bool = False,
     ) -> RestoreResult:
         """Restore the job as our child; `inherit_fds` maps our fd -> the image's ``pipe:[INO]``.
 
@@ -439,7 +443,7 @@ class CriuDriver:
             pidfile.unlink()
         for fd in inherit_fds:
             os.set_inheritable(fd, True)
-        args = restore_args(images, log, pidfile, inherit_fds, join_netns)
+        args = restore_args(images, log, pidfile, inherit_fds, join_netns, leave_stopped)
         await self._run(args, log, pass_fds=list(inherit_fds))
         try:
             pid = int(pidfile.read_text().strip())

@@ -28,15 +28,17 @@ from pymosix.errors import (
     PymosixError,
 )
 from pymosix.ids import format_node_id
-from pymosix.migration import cputime
+from pymosix.migration import cputime, procstate
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
 from pymosix.migration.criu import CriuDriver
+from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
-from pymosix.migration.hosted import HostedJob, JobMeta
+from pymosix.migration.hosted import HostedJob, close_channel
 from pymosix.migration.images import ImageReceiver
-from pymosix.migration.link import ChannelLink, Frame, LocalLink
+from pymosix.migration.lifecycle import RETRY_S, E, JobMeta, Machine
+from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
 from pymosix.migration.moves import (
     RECENT_MOVES,
     MoveRecord,
@@ -47,6 +49,7 @@ from pymosix.migration.moves import (
 )
 from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
+from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
 from pymosix.refusals import Refusals
@@ -57,6 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How long a stopping agent tries to send its guests away (systemd's stop timeout is longer).
+STOP_GUESTS_S = 20.0
 #: Where agents keep the images of moves in progress (tmpfs: a dump is a memory copy).
 IMAGES_PARENT = Path("/dev/shm")
 
@@ -126,6 +131,18 @@ async def _all_or_why(moves: list[tuple[int, Awaitable[int]]], what: str) -> Non
         raise PymosixError(f"{what}: " + "; ".join(failed))
 
 
+async def _beat(ch: Channel) -> None:
+    """While a target restores and attaches a job: the source hears it is alive."""
+    with contextlib.suppress(OSError, EOFError):
+        while True:
+            await asyncio.sleep(1.0)
+            await ch.send(Frame.BEAT, {})
+
+
+def _key(job: HostedJob) -> tuple[int, int]:
+    return job.meta.home_pid, job.meta.home_node
+
+
 def _user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -145,6 +162,10 @@ class MigrationEngine:
         self.max_image_bytes = agent.config.max_image_mib << 20
         self.home_jobs: dict[int, HomeJob] = {}
         self.hosted: dict[tuple[int, int], HostedJob] = {}
+        #: Protocol messages dropped or delayed on purpose (tests; migration/faults.py).
+        self.faults = Faults(agent.config.state_dir / "faults")
+        #: Records of the jobs held here, so that a next agent removes what a crash left.
+        self.records = JobRecords(agent.config.state_dir)
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
         self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
@@ -175,6 +196,7 @@ class MigrationEngine:
     async def start(self) -> None:
         become_subreaper()
         self._remove_stale_images()
+        self.records.sweep()
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
             self.agent.address, self.agent.config.migration_port, frame_length, self._accept
@@ -188,11 +210,43 @@ class MigrationEngine:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.agent.flags.block = True
+        # Guests go home (or elsewhere) rather than die with this agent; what is left goes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._send_guests_away(), STOP_GUESTS_S)
         for job in list(self.hosted.values()):
+            if job.state == "running" and job.meta.home_node != self.agent.node_id:
+                log.error("job %d of node %d could not leave: killed", *_key(job))
             job.deliver_signal(9)
         for t in list(self._conns):
             t.cancel()
         shutil.rmtree(self.image_root, ignore_errors=True)
+
+    async def _send_guests_away(self) -> None:
+        me = self.agent.node_id
+        guests = [
+            h for h in self.hosted.values() if h.meta.home_node != me and h.state == "running"
+        ]
+        if guests:
+            log.info("stopping: sending %d guest(s) away", len(guests))
+        await asyncio.gather(*(self._send_away(h) for h in guests))
+
+    async def _send_away(self, job: HostedJob) -> None:
+        """Home first; if home refuses, any other node that takes it (in map order)."""
+        me, home = self.agent.node_id, job.meta.home_node
+        others = [n.node_id for n in self.agent.cluster.nodes() if n.node_id not in (me, home)]
+        for target in (home, *others):
+            try:
+                await self.migrate_hosted(job, target)
+            except (MigrationError, CriuError, OSError) as e:
+                log.warning(
+                    "stopping: job %d did not go to node %d: %s", job.meta.home_pid, target, e
+                )
+                if job.state != "running":
+                    return
+                continue
+            log.info("stopping: job %d went to node %d", job.meta.home_pid, target)
+            return
 
     def job_counts(self) -> tuple[int, int]:
         me = self.agent.node_id
@@ -207,6 +261,7 @@ class MigrationEngine:
         key = (job.meta.home_node, job.meta.home_pid)
         if self.hosted.get(key) is job:
             del self.hosted[key]
+            self.records.forget(job.pid)
             if self.load is not None:
                 self.load.job_moved(-1)
 
@@ -216,6 +271,7 @@ class MigrationEngine:
 
     def _add_hosted(self, job: HostedJob) -> None:
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
+        self.records.record(job.pid, job.meta.home_node, job.meta.home_pid)
         job.start()
         if self.load is not None:
             self.load.job_moved(+1)
@@ -553,12 +609,16 @@ class MigrationEngine:
             kind, p = await asyncio.wait_for(ch.recv(), 30)
             if kind == Frame.ATTACH:
                 home = self.home_jobs.get(int(p["home_pid"]))
-                if home is None or home.meta.home_node != self.agent.node_id:
+                if not await self.faults.passes("ATTACH"):
+                    pass
+                elif home is None or home.meta.home_node != self.agent.node_id:
                     await ch.send(Frame.KILL, {})
                 else:
                     # The node the handshake authenticated, not what the frame claims.
-                    await home.attach(ChannelLink(ch), ch.peer_id)
-                    keep = True
+                    link = ChannelLink(ch)
+                    keep = await home.attach(link, ch.peer_id, str(p.get("move") or ""))
+                    if not keep:
+                        await ch.send(Frame.KILL, {})
             elif kind == Frame.MIGRATE:
                 keep = await self._receive(ch, p)
             elif kind == Frame.QUERY and self.answer_query is not None:
@@ -576,7 +636,7 @@ class MigrationEngine:
             log.warning("migration channel from node %d: %s", ch.peer_id, e)
         finally:
             if not keep:
-                await ch.aclose()
+                await close_channel(ch)
             self._conns.discard(task)
 
     async def _receive(self, ch: Channel, p: dict[str, Any]) -> bool:
@@ -606,6 +666,8 @@ class MigrationEngine:
             refusal = self.accept(meta.home_node, float(p["offer_load"]))
         if not refusal:
             refusal = await self._check_needs(p.get("needs"))
+        if not refusal and not await self.faults.passes("READY"):
+            refusal = f"node {format_node_id(me)} refuses (fault hook)"
         if refusal:
             log.info("refused job %d of node %d: %s", meta.home_pid, ch.peer_id, refusal)
             moved(Refused(refusal))
@@ -615,6 +677,8 @@ class MigrationEngine:
         images.mkdir(mode=0o700)
         criu_end, ours = page_socketpair()
         server = asyncio.ensure_future(self.criu.page_server(images, criu_end))
+        beats: asyncio.Future[None] | None = None
+        restored = False
         try:
             await ch.send(Frame.READY, {})
             t0 = time.monotonic()
@@ -627,6 +691,7 @@ class MigrationEngine:
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
             stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
             spent = cputime.account(meta, stint)
+            beats = asyncio.ensure_future(_beat(ch))
             hosted = await self._restore(
                 meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
@@ -642,6 +707,7 @@ class MigrationEngine:
                 await ch.send(Frame.FAILED, {"error": str(e) or type(e).__name__})
             return False
         else:
+            restored = True
             log.info(
                 "job %d: pages received in %.3f s, the rest in %.3f s, restored in %.3f s",
                 meta.home_pid,
@@ -650,24 +716,34 @@ class MigrationEngine:
                 time.monotonic() - t_received,
             )
         finally:
+            if beats is not None and not restored:
+                beats.cancel()
             if not server.done():
                 server.cancel()
             await asyncio.gather(server, return_exceptions=True)
             criu_end.close()
             ours.close()
             shutil.rmtree(images, ignore_errors=True)
+        # Restored and stopped: it runs only once home has recorded the commit (lifecycle.py).
         try:
-            await self._link_home(hosted)
-        except (OSError, EOFError, AuthError, TimeoutError) as e:
-            moved(e)
-            hosted.deliver_signal(9)
-            await ch.send(
-                Frame.FAILED, {"error": f"restored, but could not reach its home node: {e}"}
-            )
+            error = await self._commit(hosted, str(p.get("move") or ""))
+        finally:
+            assert beats is not None
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+        if error is not None:
+            moved(MigrationError(error))
+            await self._discard(hosted)
+            log.warning("job %d: %s; its copy here is gone", meta.home_pid, error)
+            with contextlib.suppress(OSError, EOFError):
+                await ch.send(Frame.FAILED, {"error": f"restored, but {error}"})
             return False
+        procstate.resume(hosted.pid, {int(x) for x in done.get("stopped") or []})
         self._add_hosted(hosted)
         moved(None)
-        await ch.send(Frame.RESTORED, {"pid": hosted.pid, "image_bytes": image_bytes})
+        if await self.faults.passes("RESTORED"):
+            with contextlib.suppress(OSError, EOFError):
+                await ch.send(Frame.RESTORED, {"pid": hosted.pid, "image_bytes": image_bytes})
         log.info(
             "job %d arrived from node %d (pid %d here, move %d)",
             meta.home_pid,
@@ -676,6 +752,56 @@ class MigrationEngine:
             meta.migrations,
         )
         return False
+
+    async def _commit(self, job: HostedJob, move: str) -> str | None:
+        """Ask home to record the move (ATTACH), again until the ATTACHING deadline; None once
+        home said COMMITTED (the job's link is then set), else why not."""
+        m = Machine.target(time.monotonic())
+        m.step(E.IMAGE_IN, m.since)
+        m.step(E.RESTORED, m.since)
+        why = "its home did not confirm the move"
+        while not m.expired(time.monotonic()):
+            try:
+                link = await asyncio.wait_for(self._link_home(job, move), RETRY_S * 2)
+                kind: int = Frame.KILL
+                if link is not None:
+                    try:
+                        kind = Frame.BEAT
+                        while kind == Frame.BEAT:
+                            kind, _ = await asyncio.wait_for(link.recv(), RETRY_S * 2)
+                    except BaseException:
+                        link.close()
+                        raise
+            except (OSError, EOFError, AuthError, TimeoutError) as e:
+                why = f"could not reach its home node: {e or type(e).__name__}"
+                await asyncio.sleep(RETRY_S / 2)
+                continue
+            if kind == Frame.COMMITTED and link is not None:
+                m.step(E.HOME_COMMITTED, time.monotonic())
+                job.link = link
+                return None
+            if link is not None:
+                link.close()
+            m.step(E.HOME_ABORTED, time.monotonic())
+            return "its home had already given the move up"
+        m.step(E.NO_ANSWER, time.monotonic())
+        return why
+
+    async def _discard(self, job: HostedJob) -> None:
+        """Kill a restored copy that must not run (its move did not commit), and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.pid, 9)
+        for _ in range(500):
+            try:
+                pid, _ = os.waitpid(job.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+            except ChildProcessError:
+                break
+            if pid:
+                break
+            await asyncio.sleep(0.01)
+        for fd in (job.stdin_r, *job.out_fds.values(), *([job.stdin_w] if job.stdin_w else [])):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     async def _check_needs(self, wire: Any) -> str | None:
         """The target's yes or no to what the job needs (migration/needs.py)."""
@@ -716,7 +842,7 @@ class MigrationEngine:
         if keys[2] != keys[1]:
             inherit[err_w] = keys[2]
         try:
-            result = await self.criu.restore(images, inherit)
+            result = await self.criu.restore(images, inherit, leave_stopped=True)
         except BaseException:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -737,16 +863,16 @@ class MigrationEngine:
         job.pending_in += stdin
         return job
 
-    async def _link_home(self, job: HostedJob) -> None:
+    async def _link_home(self, job: HostedJob, move: str) -> Link | None:
+        """A link to the job's home with ATTACH sent on it (COMMITTED or KILL is the answer);
+        None if home, this very node, refused the commit."""
         me = self.agent.node_id
         if job.meta.home_node == me:
             home = self.home_jobs.get(job.meta.home_pid)
             if home is None:
                 raise OSError("its deputy (mosrun) is gone")
             host_end, home_end = LocalLink.pair()
-            job.link = host_end
-            await home.attach(home_end, me)
-            return
+            return host_end if await home.attach(home_end, me, move) else None
         entry = self.agent.cluster.get(job.meta.home_node)  # type: ignore[arg-type]
         if entry is None:
             raise OSError(f"home node {job.meta.home_node} is not in the map")
@@ -756,8 +882,8 @@ class MigrationEngine:
             self.agent.keys,
             me,
         )
-        await ch.send(Frame.ATTACH, {"home_pid": job.meta.home_pid, "node": me})
-        job.link = ChannelLink(ch)
+        await ch.send(Frame.ATTACH, {"home_pid": job.meta.home_pid, "node": me, "move": move})
+        return ChannelLink(ch)
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(Exception):

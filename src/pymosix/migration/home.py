@@ -10,20 +10,33 @@ import json
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pymosix.control_server import ControlConnection
 from pymosix.errors import MigrationError
-from pymosix.migration.hosted import JobMeta
+from pymosix.ids import format_node_id
+from pymosix.migration.faults import Faults
+from pymosix.migration.lifecycle import Arbiter, JobMeta, S
 from pymosix.migration.link import Frame, Link
 
-if TYPE_CHECKING:
-    from pymosix.migration.engine import MigrationEngine
+
+class HomeEngine(Protocol):
+    """What a job's home side needs of the engine (migration/engine.py), without the import."""
+
+    @property
+    def faults(self) -> Faults: ...
+    def home_gone(self, job: HomeJob) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
-#: How long home waits for a job whose link broke to reappear on another node.
-REATTACH_S = 30.0
+#: Beats each way on the home-host link; a link silent this long is dead (docs/reliability.md).
+BEAT_S = 1.0
+DEAD_AFTER_S = 3.0
+#: A link lost: how long home waits for an ATTACH (a move's target) before it gives up.
+REATTACH_S = 2.0
+#: mosrun's exit status for a job lost with the node it ran on (documented in mosrun(1)).
+LOST_STATUS = 255
 #: After mosrun is gone, how long to wait for the job's death to be confirmed.
 KILL_WAIT_S = 10.0
 
@@ -32,7 +45,7 @@ KILL_WAIT_S = 10.0
 class HomeJob:
     """One job whose home (deputy) is this node."""
 
-    engine: MigrationEngine
+    engine: HomeEngine
     meta: JobMeta
     conn: ControlConnection
     link: Link
@@ -49,6 +62,9 @@ class HomeJob:
     paused: bool = False
     held: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     move_result: asyncio.Future[dict[str, Any]] | None = None
+    #: Home arbitrates every move of the job (lifecycle.py); the move paused for, if any.
+    arbiter: Arbiter = field(default_factory=Arbiter)
+    pending_move: str = ""
     _attached: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -56,6 +72,7 @@ class HomeJob:
         """Relay until the job exits, or until mosrun goes (then the job is killed, wherever)."""
         from_user = asyncio.create_task(self._from_user())
         from_host = asyncio.create_task(self._from_host())
+        beats = asyncio.create_task(self._beats())
         try:
             done, _ = await asyncio.wait(
                 {from_user, from_host}, return_when=asyncio.FIRST_COMPLETED
@@ -70,9 +87,9 @@ class HomeJob:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._exited.wait(), KILL_WAIT_S)
         finally:
-            for t in (from_user, from_host):
+            for t in (from_user, from_host, beats):
                 t.cancel()
-            for t in (from_user, from_host):
+            for t in (from_user, from_host, beats):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             self.link.close()
@@ -115,29 +132,53 @@ class HomeJob:
             except (ValueError, KeyError, TypeError) as e:
                 log.warning("job %d: bad message from mosrun ignored: %s", self.meta.home_pid, e)
 
+    async def _beats(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT_S)
+            with contextlib.suppress(EOFError):
+                await self.link.send(Frame.BEAT, {})
+
+    async def _lost(self) -> None:
+        """The link to the node the job runs on is gone and no new one came: say so, end."""
+        node = format_node_id(self.node)
+        log.error("job %d: lost with node %s", self.meta.home_pid, node)
+        # A move that was under way can no longer commit: its late ATTACH will be refused.
+        if self.pending_move:
+            self.arbiter.ask(self.pending_move)
+        self.state = "lost"
+        await self._to_user({"t": "error", "message": f"job lost with node {node}"})
+        await self._to_user({"t": "exit", "code": LOST_STATUS, "signal": None})
+        self._exited.set()
+
     async def _from_host(self) -> None:
         while True:
             link = self.link
             try:
-                kind, p = await link.recv()
-            except EOFError:
+                # Silence is loss too: the host beats every BEAT_S.
+                kind, p = await asyncio.wait_for(link.recv(), DEAD_AFTER_S)
+            except (EOFError, TimeoutError):
                 if self.link is not link:
                     self._attached.clear()
                     continue  # the job moved: read from its new node
+                link.close()
+                # A target may be about to commit (or to repeat an ATTACH whose COMMITTED was
+                # lost with its connection): a short wait, then the job is gone.
                 try:
                     await asyncio.wait_for(self._attached.wait(), REATTACH_S)
                 except TimeoutError:
-                    log.error("job %d: lost contact with node %d", self.meta.home_pid, self.node)
-                    await self._to_user(
-                        {
-                            "t": "error",
-                            "message": f"lost contact with node {self.node}, where the job ran",
-                        }
-                    )
-                    await self._to_user({"t": "exit", "code": 255, "signal": None})
-                    self._exited.set()
+                    await self._lost()
                     return
                 self._attached.clear()
+                continue
+            if kind == Frame.BEAT:
+                continue
+            if kind == Frame.ASK:
+                move = str(p.get("move") or "")
+                committed = self.arbiter.ask(move)
+                log.info("job %d: move %s %s", self.meta.home_pid, move, committed)
+                if await self.engine.faults.passes("VERDICT"):
+                    with contextlib.suppress(EOFError):
+                        await link.send(Frame.VERDICT, {"move": move, "committed": committed})
                 continue
             if kind == Frame.OUT:
                 await self._to_user(
@@ -160,8 +201,10 @@ class HomeJob:
                 self.why = p.get("why") if isinstance(p.get("why"), str) else None
             elif kind == Frame.PAUSE:
                 self.paused = True
+                self.pending_move = str(p.get("move") or "")
                 await self.to_host(Frame.PAUSED, {})
             elif kind == Frame.RESUME:
+                self.pending_move = ""
                 await self._release_held(link)
             elif kind == Frame.FLUSHED:
                 await self.to_host(Frame.FLUSH_ACK, {})
@@ -180,16 +223,30 @@ class HomeJob:
                 return
         self.paused = False
 
-    async def attach(self, link: Link, node: int) -> None:
-        """The job now runs on `node`, reachable over `link` (after a migration)."""
-        self.link = link
-        self.node = node
-        self.meta.migrations += 1
+    async def attach(self, link: Link, node: int, move: str) -> bool:
+        """The job was restored on `node` (reachable over `link`) by `move`: the commit point.
+        False if home had already given that move up (its copy there must not run)."""
+        first = self.arbiter.state(move) == S.UNDECIDED
+        if not self.arbiter.attach(move):
+            log.warning("job %d: refused the late commit of move %s", self.meta.home_pid, move)
+            return False
+        if await self.engine.faults.passes("COMMITTED"):
+            with contextlib.suppress(EOFError):
+                await link.send(Frame.COMMITTED, {})
+        else:
+            link.close()  # lost with its connection, as TCP loses a frame
+        old, self.link, self.node = self.link, link, node
+        self.pending_move = ""
+        if not first:
+            old.close()  # an earlier ATTACH of the same move whose COMMITTED went missing
         await self._release_held(link)
         self._attached.set()
-        if self.move_result is not None and not self.move_result.done():
-            self.move_result.set_result({"ok": True, "node": node})
-        await self._to_user({"t": "moved", "node": node})
+        if first:
+            self.meta.migrations += 1
+            if self.move_result is not None and not self.move_result.done():
+                self.move_result.set_result({"ok": True, "node": node})
+            await self._to_user({"t": "moved", "node": node})
+        return True
 
     async def move(self, target: int) -> int:
         """Ask the node the job runs on to move it to `target`; the node it runs on afterwards."""

@@ -22,26 +22,58 @@ import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
 import psutil
 
 from pymosix.errors import CriuError, MigrationError
-from pymosix.migration import cputime
+from pymosix.ids import format_node_id
+from pymosix.keys import KeyRing
+from pymosix.migration import cputime, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
-from pymosix.migration.criu import resume_dumped
+from pymosix.migration.criu import CriuDriver, resume_dumped
+from pymosix.migration.faults import Faults
+from pymosix.migration.lifecycle import DEADLINES, RETRY_S, E, JobMeta, Machine, S
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.moves import CannotMove, MoveStats, Refused
 from pymosix.migration.needs import gather
 from pymosix.migration.pages import page_socketpair, relay_pages
 
-if TYPE_CHECKING:
-    from pymosix.migration.engine import MigrationEngine
+
+class _Agent(Protocol):
+    @property
+    def keys(self) -> KeyRing: ...
+    @property
+    def node_id(self) -> int: ...
+
+
+class HostEngine(Protocol):
+    """What a hosted job needs of its node's engine (migration/engine.py), without the import:
+    the engine imports this module, not the other way round."""
+
+    @property
+    def agent(self) -> _Agent: ...
+    @property
+    def criu(self) -> CriuDriver: ...
+    @property
+    def image_root(self) -> Path: ...
+    @property
+    def faults(self) -> Faults: ...
+    async def migrate_hosted(
+        self, job: HostedJob, target: int, offer_load: float | None = None
+    ) -> int: ...
+    def hosted_gone(self, job: HostedJob) -> None: ...
+
+
+__all__ = ["HostEngine", "HostedJob", "JobMeta", "close_channel"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+#: Beats to home; a home silent this long is gone: the job is killed (it would be an orphan).
+BEAT_S = 1.0
+HOME_SILENT_S = 10.0
 FILE_CHUNK = 1024 * 1024
 #: Signals whose default action ends the process: a namespace init ignores them unless it has a
 #: handler, so the agent turns them into SIGKILL and reports the original signal.
@@ -62,44 +94,14 @@ _TERMINATING = {
 _STOPPING = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
-@dataclass
-class JobMeta:
-    """What travels with a job from node to node."""
-
-    home_pid: int
-    home_node: int
-    uid: int
-    argv: list[str]
-    started_at: float  # wall clock
-    migrations: int = 0
-    locked: bool = False
-    allowed_nodes: list[int] | None = None
-    #: CPU seconds the job's processes used on the nodes before this one (CRIU restarts the
-    #: kernel's count at every restore).
-    cpu_s: float = 0.0
-    #: The same per process, by its PID in the job's namespace (for RLIMIT_CPU: cputime.py).
-    cpu_by_pid: dict[int, float] = field(default_factory=dict)
-    #: Times it was frozen for a move, failed moves included.
-    freezes: int = 0
-
-    def to_wire(self) -> dict[str, Any]:
-        return dict(self.__dict__) | {"cpu_by_pid": {str(k): v for k, v in self.cpu_by_pid.items()}}
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> JobMeta:
-        return cls(
-            home_pid=int(d["home_pid"]),
-            home_node=int(d["home_node"]),
-            uid=int(d["uid"]),
-            argv=[str(a) for a in d["argv"]],
-            started_at=float(d["started_at"]),
-            migrations=int(d["migrations"]),
-            locked=bool(d["locked"]),
-            allowed_nodes=[int(n) for n in d["allowed_nodes"]] if d.get("allowed_nodes") else None,
-            cpu_s=float(d.get("cpu_s", 0.0)),
-            cpu_by_pid={int(k): float(v) for k, v in dict(d.get("cpu_by_pid") or {}).items()},
-            freezes=int(d.get("freezes", 0)),
-        )
+async def close_channel(ch: Channel, wait_s: float = 2.0) -> None:
+    """Close, flushing what is queued for a while; a peer that stopped reading (frozen, cut
+    off) would hold a plain close forever: then the connection is aborted."""
+    try:
+        await asyncio.wait_for(ch.aclose(), wait_s)
+    except TimeoutError:
+        if ch.stream.transport is not None:
+            ch.stream.transport.abort()
 
 
 def _nonblocking(fd: int) -> None:
@@ -133,7 +135,7 @@ def _read_available(fd: int) -> bytes:
 class HostedJob:
     """One job running on this node."""
 
-    engine: MigrationEngine
+    engine: HostEngine
     meta: JobMeta
     pid: int
     stdin_w: int | None
@@ -160,6 +162,12 @@ class HostedJob:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
+    move: Machine | None = None
+    move_id: str = ""
+    _verdict: asyncio.Future[bool] | None = None
+    #: What the target said it received of the last image (for the metrics' histogram).
+    _image_bytes: int = 0
 
     # --- life --------------------------------------------------------------------------------
 
@@ -179,6 +187,7 @@ class HostedJob:
             asyncio.create_task(self._receiver()),
             asyncio.create_task(self._stdin_writer()),
             asyncio.create_task(self._stats()),
+            asyncio.create_task(self._beats()),
         ]
         if self.pending_in:
             self._in_ready.set()
@@ -215,11 +224,18 @@ class HostedJob:
         # None: nothing more will come from here (the job exited or moved on).
         self.link.close()
 
+    async def _beats(self) -> None:
+        """Home hears the node is alive even when the job says nothing (home.DEAD_AFTER_S)."""
+        while True:
+            await asyncio.sleep(BEAT_S)
+            self._outq.put_nowait((Frame.BEAT, {}))
+
     async def _receiver(self) -> None:
         while True:
             try:
-                kind, p = await self.link.recv()
-            except EOFError:
+                # Home beats too: silence this long means it is gone (or cut off).
+                kind, p = await asyncio.wait_for(self.link.recv(), HOME_SILENT_S)
+            except (EOFError, TimeoutError):
                 if self.state == "running":
                     # Home is gone (mosrun died with its node): no orphans.
                     log.warning("job %d lost its home; killing it", self.meta.home_pid)
@@ -239,6 +255,10 @@ class HostedJob:
                 self._paused_ack.set()
             elif kind == Frame.FLUSH_ACK:
                 self._flush_ack.set()
+            elif kind == Frame.VERDICT:
+                v = self._verdict
+                if v is not None and not v.done() and p.get("move") == self.move_id:
+                    v.set_result(bool(p.get("committed")))
             elif kind == Frame.MOVE:
                 self._tasks.append(asyncio.create_task(self._move_for_home(int(p["target"]))))
 
@@ -412,12 +432,19 @@ class HostedJob:
             if why:
                 raise CannotMove(f"job {self.meta.home_pid} cannot move: {why}")
             t_begin = time.monotonic()
+            self.move = Machine.source(t_begin)
+            self.move.step(E.OFFER, t_begin)
+            self.move_id = secrets.token_hex(8)
             # Ask first: a target that is down or says no costs the job nothing.
-            ch = await self._offer(address, port, target, offer_load, reason)
+            try:
+                ch = await self._offer(address, port, target, offer_load, reason)
+            except BaseException:
+                self.move.step(E.REFUSED, time.monotonic())
+                raise
             try:
                 return await self._move(ch, target, t_begin)
             finally:
-                await ch.aclose()
+                await close_channel(ch)
 
     async def _offer(
         self, address: str, port: int, target: int, offer_load: float | None, reason: str
@@ -451,6 +478,7 @@ class HostedJob:
                     "offer_load": offer_load,
                     "reason": reason,
                     "needs": needs.to_wire(),
+                    "move": self.move_id,
                 },
             )
             kind, p = await asyncio.wait_for(ch.recv(), 30)
@@ -466,53 +494,29 @@ class HostedJob:
         return ch
 
     async def _move(self, ch: Channel, target: int, t_begin: float) -> MoveStats:
-        """Freeze, stream the image, restore on the target; roll back here on any failure."""
+        """Freeze, stream the image, restore on the target; roll back here on any failure that
+        leaves no doubt (lifecycle.py): once DONE is out, only home's word ends the move."""
         images = Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
+        m = self.move
+        assert m is not None
         self._paused_ack.clear()
         self._in_paused = True
-        await self.link.send(Frame.PAUSE, {})
+        await self.link.send(Frame.PAUSE, {"move": self.move_id})
         try:
             await asyncio.wait_for(self._paused_ack.wait(), 10)
         except TimeoutError:
             self._in_paused = False
             self._in_ready.set()
             raise MigrationError("home did not pause stdin in time") from None
-        frozen = False
+        m.step(E.READY, time.monotonic())
         leftover = b""
+        # Before the freeze: which processes the job itself keeps stopped (they stay so).
+        keep_stopped = procstate.stopped_by_job(self.pid)
         try:
             self._unwatch_output()
             t_freeze = time.monotonic()
-            criu_end, ours = page_socketpair()
-            relay = asyncio.ensure_future(relay_pages(ch, ours, limit=1 << 20))
-            self.meta.freezes += 1
-            # The log lives beside the images, not in them: a rollback removes them.
-            dump_log = Path(self.engine.image_root) / f"dump-{self.meta.home_pid}.log"
-            try:
-                await self.engine.criu.dump(
-                    self.pid,
-                    images,
-                    leave_stopped=True,
-                    page_socket=criu_end,
-                    log=dump_log,
-                    owner=process_owner(self.pid),
-                )
-                dump_log.unlink(missing_ok=True)
-                frozen = True
-                await asyncio.wait_for(relay, 60)
-            except CriuError:
-                # A dump that failed because the pages had nowhere to go: say why that was.
-                lost = relay.done() and not relay.cancelled() and relay.exception()
-                if lost:
-                    raise MigrationError(
-                        f"node {target} stopped taking the job's memory "
-                        f"({lost or type(lost).__name__}); it goes on here"
-                    ) from None
-                raise
-            finally:
-                if not relay.done():
-                    relay.cancel()
-                await asyncio.gather(relay, return_exceptions=True)
-                ours.close()  # the relay closes it, unless cancelled before it ever ran
+            await self._dump(ch, images, target, m)
+            m.step(E.FROZEN, time.monotonic())
             t_dumped = time.monotonic()
             for job_fd, fd in self.out_fds.items():
                 data = _read_all(fd)
@@ -523,24 +527,36 @@ class HostedJob:
             await asyncio.wait_for(self._flush_ack.wait(), 10)
             leftover = _read_available(self.stdin_r)
             t_flushed = time.monotonic()
-            new_pid, image_bytes = await self._finish_transfer(
-                ch, images, leftover + bytes(self.pending_in), cputime.used_by_tree(self.pid)
+            new_pid = await self._finish_transfer(
+                ch,
+                images,
+                leftover + bytes(self.pending_in),
+                cputime.used_by_tree(self.pid),
+                keep_stopped,
+                target,
             )
         except BaseException as e:
+            if m.state in (S.COMMITTED, S.LOST):
+                raise  # not ours any more: never resumed here (see _finish_transfer)
             # Rollback: the unread stdin goes back into the pipe, the job goes on here.
             if leftover and self.stdin_w is not None:
                 with contextlib.suppress(OSError):
                     os.write(self.stdin_w, leftover)
             elif leftover:
                 self.pending_in[:0] = leftover
-            if frozen:
-                resume_dumped(self.pid)  # TCP sockets out of repair mode, then SIGCONT
+            # Every process of the tree, not just its init; whatever state a failed or killed
+            # criu left them in (a failed dump resumes them itself: SIGCONT again is harmless).
+            resume_dumped(self.pid, keep_stopped)  # TCP sockets out of repair mode too
             self._watch_output()
             self._in_paused = False
             self._in_ready.set()
             with contextlib.suppress(EOFError):
                 await self.link.send(Frame.RESUME, {})
             shutil.rmtree(images, ignore_errors=True)
+            if m.can(E.FAILED):
+                m.step(E.FAILED, time.monotonic())
+            if m.can(E.RESUMED):
+                m.step(E.RESUMED, time.monotonic())
             if isinstance(e, (MigrationError, CriuError)):
                 raise
             if isinstance(e, (OSError, EOFError, TimeoutError, KeyError, ValueError)):
@@ -548,14 +564,8 @@ class HostedJob:
                     f"migration to node {target} failed: {e or type(e).__name__}"
                 ) from None
             raise
-        # The copy on the target runs: the frozen original and everything of it here go.
-        self.state = "moved"
-        for pid in tree_pids(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        self._drop_original(images)
         await self._reap_original()
-        shutil.rmtree(images, ignore_errors=True)
-        self._outq.put_nowait(None)
         t_done = time.monotonic()
         log.info(
             "job %d moved to node %d (pid %d there): frozen %.3f s (dump and pages %.3f, "
@@ -570,7 +580,16 @@ class HostedJob:
             t_freeze - t_begin,
         )
         self.finish()
-        return MoveStats(new_pid, t_done - t_freeze, image_bytes)
+        return MoveStats(new_pid, t_done - t_freeze, self._image_bytes)
+
+    def _drop_original(self, images: Path) -> None:
+        """The copy on the target is the job now (or may be): the frozen original goes."""
+        self.state = "moved"
+        for pid in tree_pids(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(images, ignore_errors=True)
+        self._outq.put_nowait(None)
 
     async def _reap_original(self) -> None:
         for _ in range(500):
@@ -582,31 +601,166 @@ class HostedJob:
                 return
             await asyncio.sleep(0.01)
 
+    async def _dump(self, ch: Channel, images: Path, target: int, m: Machine) -> None:
+        """criu dump, its pages streamed to the target; a target that stops taking them for
+        the FREEZING deadline ends the dump (criu fails cleanly when its socket closes)."""
+        criu_end, ours = page_socketpair()
+        watched = _Watched(ch, m)
+        relay = asyncio.ensure_future(relay_pages(cast(Channel, watched), ours, limit=1 << 20))
+        self.meta.freezes += 1
+        # The log lives beside the images, not in them: a rollback removes them.
+        dump_log = Path(self.engine.image_root) / f"dump-{self.meta.home_pid}.log"
+        dump = asyncio.ensure_future(
+            self.engine.criu.dump(
+                self.pid,
+                images,
+                leave_stopped=True,
+                page_socket=criu_end,
+                log=dump_log,
+                owner=process_owner(self.pid),
+            )
+        )
+        stalled = False
+        try:
+            while not dump.done():
+                await asyncio.wait({dump}, timeout=0.25)
+                if not dump.done() and m.expired(time.monotonic()) and not relay.done():
+                    stalled = True
+                    relay.cancel()
+                    ours.close()
+            try:
+                await dump
+            except CriuError:
+                if stalled:
+                    raise MigrationError(
+                        f"node {format_node_id(target)} stopped taking the job's memory for "
+                        f"{DEADLINES[('source', S.FREEZING)]:.0f} s (step: pages); "
+                        "it goes on here"
+                    ) from None
+                # A dump that failed because the pages had nowhere to go: say why that was.
+                lost = relay.done() and not relay.cancelled() and relay.exception()
+                if lost:
+                    raise MigrationError(
+                        f"node {target} stopped taking the job's memory "
+                        f"({lost or type(lost).__name__}); it goes on here"
+                    ) from None
+                raise
+            dump_log.unlink(missing_ok=True)
+            await asyncio.wait_for(relay, DEADLINES[("source", S.FREEZING)])
+        finally:
+            if not dump.done():
+                dump.cancel()
+            if not relay.done():
+                relay.cancel()
+            await asyncio.gather(dump, relay, return_exceptions=True)
+            ours.close()  # the relay closes it, unless cancelled before it ever ran
+
     async def _finish_transfer(
-        self, ch: Channel, images: Path, stdin: bytes, cpu_used: dict[int, float]
-    ) -> tuple[int, int]:
+        self,
+        ch: Channel,
+        images: Path,
+        stdin: bytes,
+        cpu_used: dict[int, float],
+        keep_stopped: set[int],
+        target: int,
+    ) -> int:
         """Send what the dump left here (all but the pages), the unread stdin and the CPU time
         each process used here (by its PID in the job's namespace); the pid the job has on the
-        target once it is restored there, and the image bytes it received."""
+        target once it is restored there (0 if only home knows it committed)."""
+        m = self.move
+        assert m is not None
+        files_s = DEADLINES[("source", S.TRANSFERRING)]
         for f in sorted(images.iterdir()):
             if f.name.endswith(".log"):
                 continue
             with f.open("rb") as fh:
                 chunk, first = fh.read(FILE_CHUNK), True
                 while True:
-                    await ch.send(Frame.FILE, {"name": f.name, "data": chunk, "first": first})
+                    payload = {"name": f.name, "data": chunk, "first": first}
+                    await asyncio.wait_for(ch.send(Frame.FILE, payload), files_s)
                     chunk, first = fh.read(FILE_CHUNK), False
                     if not chunk:
                         break
-        await ch.send(
-            Frame.DONE,
-            {
-                "stdin": stdin,
-                "stdin_eof": self.stdin_eof,
-                "cpu_used": {str(k): v for k, v in cpu_used.items()},
-            },
+        # From here the target may restore the job: a doubt is settled by home, never guessed.
+        m.step(E.DONE_SENT, time.monotonic())
+        why = "no answer"
+        try:
+            if await self.engine.faults.passes("DONE"):
+                done = {
+                    "stdin": stdin,
+                    "stdin_eof": self.stdin_eof,
+                    "cpu_used": {str(k): v for k, v in cpu_used.items()},
+                    "stopped": sorted(keep_stopped),
+                }
+                await asyncio.wait_for(ch.send(Frame.DONE, done), files_s)
+            while True:
+                due = (m.deadline() or 0.0) - time.monotonic()
+                kind, p = await asyncio.wait_for(ch.recv(), max(0.0, due))
+                if kind == Frame.BEAT:
+                    m.touch(time.monotonic())
+                elif kind == Frame.RESTORED:
+                    m.step(E.RESTORED, time.monotonic())
+                    self._image_bytes = int(p.get("image_bytes") or 0)
+                    return int(p["pid"])
+                else:
+                    why = f"it refused: {p.get('error', 'no reason given')}"
+                    break
+        except TimeoutError:
+            why = f"it did not answer for {DEADLINES[('source', S.RESTORING)]:.0f} s"
+        except (EOFError, OSError) as e:
+            why = f"the connection broke ({e or type(e).__name__})"
+        m.step(E.FAILED, time.monotonic())
+        committed = await self._ask_home(m)
+        node = format_node_id(target)
+        if committed is None:
+            m.step(E.NO_ANSWER, time.monotonic())
+            self._drop_original(images)
+            self.state = "lost"
+            await self._reap_original()
+            self.finish()
+            raise MigrationError(
+                f"node {node} did not confirm the restore ({why}, step: restore) and home did "
+                "not say whether the move committed: the copy here is gone"
+            )
+        if committed:
+            m.step(E.HOME_COMMITTED, time.monotonic())
+            log.warning("job %d: home says the move to node %s committed", self.meta.home_pid, node)
+            return 0
+        m.step(E.HOME_ABORTED, time.monotonic())
+        raise MigrationError(
+            f"node {node} did not restore the job ({why}, step: restore); it goes on here"
         )
-        kind, p = await asyncio.wait_for(ch.recv(), 120)
-        if kind != Frame.RESTORED:
-            raise MigrationError(f"the target refused: {p.get('error', 'no reason given')}")
-        return int(p["pid"]), int(p.get("image_bytes") or 0)
+
+    async def _ask_home(self, m: Machine) -> bool | None:
+        """Did the move commit? Home's decision (it aborts a move nobody committed yet);
+        None if home does not answer within the DECIDING deadline."""
+        self._verdict = asyncio.get_running_loop().create_future()
+        try:
+            while not m.expired(time.monotonic()):
+                if await self.engine.faults.passes("ASK"):
+                    self._outq.put_nowait((Frame.ASK, {"move": self.move_id}))
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(self._verdict), RETRY_S)
+            return None
+        finally:
+            self._verdict = None
+
+
+class _Watched:
+    """A channel whose every frame counts as progress of the move (the pages' deadline)."""
+
+    def __init__(self, ch: Channel, m: Machine) -> None:
+        self._ch, self._m = ch, m
+
+    async def send(self, kind: int, payload: dict[str, Any]) -> None:
+        await self._ch.send(kind, payload)
+        self._m.touch(time.monotonic())
+
+    async def send_plaintext(self, plaintext: Any) -> None:
+        await self._ch.send_plaintext(plaintext)
+        self._m.touch(time.monotonic())
+
+    async def recv(self) -> tuple[int, dict[str, Any]]:
+        got = await self._ch.recv()
+        self._m.touch(time.monotonic())
+        return got

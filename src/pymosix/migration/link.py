@@ -6,7 +6,10 @@ peer agent; the code on either end is the same. The frame kinds and what they ca
   host -> home: OUT {fd, data}, EXIT {status, signal}, STATS {cpu, rss}, PAUSED, FLUSHED,
                 MOVED {ok, node, error} (answer to MOVE)
   home -> host: IN {data}, EOF, SIGNAL {sig}, KILL, PAUSE, RESUME, FLUSH_ACK, MOVE {target}
-  on a new connection: ATTACH {home_pid, node} (a restored job's host introduces itself to home),
+  both ways: BEAT (liveness; home-host links and a target restoring, to its source)
+  host -> home: ASK {move} -> VERDICT {move, committed} (lifecycle.py: home arbitrates)
+  on a new connection: ATTACH {home_pid, node, move} -> COMMITTED | KILL (the restored job's
+                host asks home to commit the move; it resumes the job only on COMMITTED),
                 MIGRATE {meta, keys, offer_load} -> READY | FAILED {error};
                 then PAGES {data}... PAGES_END both ways (migration/pages.py), the other
                 image files as FILE {name, data, first}..., DONE {stdin, stdin_eof}
@@ -50,6 +53,13 @@ class Frame(IntEnum):
     PAGES = 29
     PAGES_END = 30
     QUERY = 40
+    #: Liveness, both ways on a home-host link; target -> source while it restores.
+    BEAT = 50
+    #: source -> home: did move {move} commit? home -> source: VERDICT {move, committed}.
+    ASK = 51
+    VERDICT = 52
+    #: home -> a restored job's host, answer to ATTACH: the move committed, resume the job.
+    COMMITTED = 53
 
 
 class Link(Protocol):

@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pymosix.errors import PymosixError
 from pymosix.cgroups import Hierarchy
+from pymosix.errors import PymosixError
 from pymosix.testbed import kernel
 
 if TYPE_CHECKING:

@@ -1,0 +1,80 @@
+"""No orphan is ever left (issue 16): every job this agent holds has a record in the state
+directory; an agent that starts finds the records of agents that died (kill -9, a crash) and
+removes the jobs they left running: parentless namespace inits nobody can reach, which would
+spin or write files forever, unseen by mps.
+
+A record names the job's host PID and its start time (field 22 of /proc/PID/stat), so a PID
+reused by another process is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """The process's start time in clock ticks since boot, None if it is gone."""
+    try:
+        return int((proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class JobRecords:
+    """The records of the jobs one agent holds, in STATE_DIR/jobs (root-only)."""
+
+    def __init__(self, state_dir: Path, agent_pid: int | None = None) -> None:
+        self.dir = state_dir / "jobs"
+        self.agent_pid = agent_pid if agent_pid is not None else os.getpid()
+
+    def _path(self, pid: int) -> Path:
+        return self.dir / f"{self.agent_pid}-{pid}.json"
+
+    def record(self, pid: int, home_node: int, home_pid: int) -> None:
+        started = start_time(pid)
+        if started is None:
+            return
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        rec = {"pid": pid, "start": started, "home_node": home_node, "home_pid": home_pid}
+        tmp = self._path(pid).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec))
+        tmp.replace(self._path(pid))
+
+    def forget(self, pid: int) -> None:
+        self._path(pid).unlink(missing_ok=True)
+
+    def sweep(self, proc: Path = Path("/proc")) -> list[dict[str, int]]:
+        """Kill the jobs of agents that are gone and drop their records; those killed."""
+        killed = []
+        for f in sorted(self.dir.glob("*-*.json")) if self.dir.is_dir() else []:
+            agent = f.name.split("-", 1)[0]
+            if not agent.isdigit() or int(agent) == self.agent_pid:
+                continue
+            if start_time(int(agent), proc) is not None and int(agent) != self.agent_pid:
+                continue  # that agent still runs (another agent of this node, a test bed's)
+            try:
+                rec = {k: int(v) for k, v in json.loads(f.read_text()).items()}
+            except (OSError, ValueError, AttributeError):
+                f.unlink(missing_ok=True)
+                continue
+            if start_time(rec["pid"], proc) == rec["start"]:
+                # The namespace init: its death takes every process of the job with it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(rec["pid"], signal.SIGKILL)
+                    killed.append(rec)
+                    log.warning(
+                        "removed job %d of node %d (pid %d), left by agent %s that died",
+                        rec["home_pid"],
+                        rec["home_node"],
+                        rec["pid"],
+                        agent,
+                    )
+            f.unlink(missing_ok=True)
+        return killed
