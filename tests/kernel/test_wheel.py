@@ -46,8 +46,9 @@ def run(cmd: list[str], cwd: Path, timeout: float, **env: str) -> subprocess.Com
 
 @pytest.fixture
 def install_root() -> Iterator[Path]:
-    """A directory outside the tree and outside /tmp (bed nodes have a /tmp of their own, so an
-    install under the host's /tmp cannot run inside them): like /opt on a user's machine."""
+    """A directory outside the tree, like /opt on a user's machine (not under /tmp, which bed
+    nodes have of their own: the bed keeps pymosix's own directory visible, but a user's install
+    does not live there)."""
     root = Path("/var/lib") / f"pymosix-wheel-test-{secrets.token_hex(3)}"
     root.mkdir(mode=0o755)
     try:

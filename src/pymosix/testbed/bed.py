@@ -125,11 +125,8 @@ class TestBed:
             raise PymosixError("a test bed has 1 to 200 nodes")
         if os.geteuid() != 0:
             raise PymosixError("the test bed needs root (network namespaces, cgroups)")
-        if any(sys.executable.startswith(d + "/") for d in mounts.PRIVATE_DIRS):
-            raise PymosixError(
-                f"pymosix runs from {sys.executable}, but bed nodes have a /tmp, /var/tmp and "
-                "/dev/shm of their own and cannot see it: install pymosix elsewhere (/opt/pymosix)"
-            )
+        # pymosix itself (a venv, a clone) under /tmp stays visible inside the nodes.
+        keep = mounts.kept([Path(sys.prefix), Path(__file__).resolve().parents[3]])
         down(name)
         tag = bed_tag(name)
         state = ROOT / name
@@ -166,7 +163,7 @@ class TestBed:
             for node in bed.nodes:
                 Path(node.dir).mkdir(mode=0o711, exist_ok=True)
                 kernel.cgroup_tree().create(node.cpuset, node.cpus)
-                mounts.make_mount_ns(Path(node.mntns).name)
+                mounts.make_mount_ns(Path(node.mntns).name, keep)
             for i in agents if agents is not None else range(1, nodes + 1):
                 bed.start_agent(i, wait=False)
             for i in agents if agents is not None else range(1, nodes + 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -31,6 +32,32 @@ _SETUP = " && ".join(
 )
 
 
+def kept(paths: list[Path]) -> list[Path]:
+    """Of these paths, the top directories under a private directory that nodes must still see
+    (pymosix itself: a clone or venv under /tmp would vanish from every node otherwise)."""
+    out: list[Path] = []
+    for path in paths:
+        for d in PRIVATE_DIRS:
+            rel = path.resolve().relative_to(d) if path.resolve().is_relative_to(d) else None
+            if rel is not None and rel.parts:
+                top = Path(d) / rel.parts[0]
+                if top not in out:
+                    out.append(top)
+    return out
+
+
+def setup_script(keep: list[Path]) -> str:
+    """The shell lines that make a node's private directories, keeping `keep` visible: each is
+    bound aside before the tmpfs covers its parent, then moved back to its own path."""
+    before, after = [], []
+    for i, path in enumerate(keep):
+        aside = HOLDERS / f".keep-{os.getpid()}-{i}"
+        q, qa = shlex.quote(str(path)), shlex.quote(str(aside))
+        before.append(f"mkdir -p {qa} && mount --bind {q} {qa}")
+        after.append(f"mkdir -p {q} && mount --move {qa} {q} && rmdir {qa} 2>/dev/null; true")
+    return " && ".join([*before, _SETUP, *after])
+
+
 def _run(argv: list[str]) -> None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     if r.returncode != 0:
@@ -47,15 +74,17 @@ def holder(name: str) -> Path:
     return HOLDERS / name
 
 
-def make_mount_ns(name: str) -> Path:
-    """Make a node's mount namespace; returns the file `nsenter --mount=` takes."""
+def make_mount_ns(name: str, keep: list[Path] | None = None) -> Path:
+    """Make a node's mount namespace; returns the file `nsenter --mount=` takes. Directories in
+    `keep` (see `kept`) stay the host's, though they lie under a private directory."""
     HOLDERS.mkdir(mode=0o755, exist_ok=True)
     if not _is_mountpoint(HOLDERS):
         _run(["mount", "--bind", str(HOLDERS), str(HOLDERS)])
     _run(["mount", "--make-private", str(HOLDERS)])
     path = holder(name)
     path.touch()
-    argv = ["unshare", f"--mount={path}", "--propagation", "private", "sh", "-c", _SETUP]
+    script = setup_script(keep or [])
+    argv = ["unshare", f"--mount={path}", "--propagation", "private", "sh", "-c", script]
     # Binding a namespace file is refused (EINVAL) when the kernel takes the new namespace for
     # an older one than the caller's: on Linux 6.18 namespace ids come from per-CPU batches, so
     # a caller that is itself in a young namespace may see this on some CPUs. Try each CPU.
