@@ -155,7 +155,9 @@ def test_cpu_time_adds_up_across_moves_and_ulimit_t_holds_for_the_total(
     assert moves >= 2, "it moved while it used its CPU time"
     assert job.proc.returncode == 128 + 24, "perl was stopped by SIGXCPU: the limit held"
     assert totals == sorted(totals), f"mps's CPU time never goes back: {totals}"
-    assert totals[-1] >= 1.5, totals
+    # Each stay used under a second of CPU (a move every 0.8 s): more than that in all is the
+    # sum of several nodes' time.
+    assert totals[-1] >= 1.2, totals
 
 
 def test_images_at_rest_are_root_only_and_gone_after_the_move(
