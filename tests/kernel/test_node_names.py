@@ -40,7 +40,13 @@ def test_mosrun_to_an_absent_node_starts_nothing(make_bed: MakeBed) -> None:
     assert r.returncode == 0, r.stderr
     assert "running at home (-F)" in r.stderr
     assert marker.exists()
-    # A node that is there: the job starts on it.
+    # A node that is there (its load heard, which takes a gossip interval after the maps meet):
+    # the job starts on it.
+    wait_until(
+        "node1 hears node2's load",
+        lambda: bed.exec(1, ["mosctl", "isup", "0x640c"]).stdout.strip() == "yes",
+        10.0,
+    )
     job = bed.popen(1, ["mosrun", "-192.168.100.12", "perl", "-e", "sleep 1 while 1"])
     try:
         wait_until(
