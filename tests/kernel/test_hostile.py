@@ -250,7 +250,7 @@ def test_a_user_flooding_the_control_socket_does_not_starve_root(
     seen = json.loads(out)
     assert seen["opened"] > 1000, seen
     assert max(held) == 256, held  # never more than its budget, as the agent counts
-    assert seen["held"] <= 256 + 128, seen  # plus what waits in the socket's backlog
+    assert seen["held"] <= 256 + 128 + 1, seen  # plus the backlog (Linux queues backlog + 1)
     assert any("(the limit per user" in r for r in seen["reasons"]), seen
     grown = node.log.stat().st_size - log_before
     assert grown < 20_000, f"the log grew {grown} bytes"

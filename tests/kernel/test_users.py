@@ -113,7 +113,8 @@ def test_another_user_can_neither_move_nor_signal_nor_ask_about_a_job(
 ) -> None:
     owner, other = make_user(), make_user()
     bed = make_bed(2)
-    job = Job(bed, 1, LOOP, user=owner)
+    # Locked (-L): only the people asked about may move it, not the balancer.
+    job = Job(bed, 1, ["-L", *LOOP], user=owner)
     jobs.append(job)
     r = bed.exec(1, ["migrate", str(job.pid), "0x640c"], user=other)
     assert r.returncode != 0
