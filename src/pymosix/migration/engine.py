@@ -35,7 +35,7 @@ from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
-from pymosix.migration.hosted import HostedJob, close_channel
+from pymosix.migration.hosted import HostedJob, close_channel, reap
 from pymosix.migration.images import ImageReceiver
 from pymosix.migration.lifecycle import RETRY_S, E, JobMeta, Machine
 from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
@@ -791,14 +791,7 @@ class MigrationEngine:
         """Kill a restored copy that must not run (its move did not commit), and reap it."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(job.pid, 9)
-        for _ in range(500):
-            try:
-                pid, _ = os.waitpid(job.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-            except ChildProcessError:
-                break
-            if pid:
-                break
-            await asyncio.sleep(0.01)
+        await reap(job.pid)
         for fd in (job.stdin_r, *job.out_fds.values(), *([job.stdin_w] if job.stdin_w else [])):
             with contextlib.suppress(OSError):
                 os.close(fd)

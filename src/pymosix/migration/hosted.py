@@ -592,14 +592,7 @@ class HostedJob:
         self._outq.put_nowait(None)
 
     async def _reap_original(self) -> None:
-        for _ in range(500):
-            try:
-                pid, _ = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-            except ChildProcessError:
-                return
-            if pid:
-                return
-            await asyncio.sleep(0.01)
+        await reap(self.pid)
 
     async def _dump(self, ch: Channel, images: Path, target: int, m: Machine) -> None:
         """criu dump, its pages streamed to the target; a target that stops taking them for
@@ -744,6 +737,18 @@ class HostedJob:
             return None
         finally:
             self._verdict = None
+
+
+async def reap(pid: int, timeout_s: float = 5.0) -> None:
+    """Wait (without blocking the loop) for a killed child of ours to be gone, and reap it."""
+    for _ in range(int(timeout_s / 0.01)):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+        except ChildProcessError:
+            return
+        if done:
+            return
+        await asyncio.sleep(0.01)
 
 
 class _Watched:
