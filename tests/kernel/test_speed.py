@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +23,14 @@ MakeBed = Callable[..., TestBed]
 def speeds_seen(bed: TestBed, viewer: int) -> dict[int, int]:
     rows = json.loads(bed.exec(viewer, ["mosmon", "--json"]).stdout)["nodes"]
     return {int(r["node_id"]): int(r["speed"]) for r in rows if r.get("speed")}
+
+
+def measured_in(bed: TestBed, which: int) -> int:
+    """The speed the agent's benchmark measures inside node `which` now."""
+    out = bed.exec(which, [sys.executable, "-m", "pymosix.load.speed"], check=True).stdout
+    m = re.match(r"speed (\d+)", out)
+    assert m, out
+    return int(m.group(1))
 
 
 def test_half_quota_measures_half_speed(make_bed: MakeBed) -> None:
@@ -48,6 +58,15 @@ def test_half_quota_measures_half_speed(make_bed: MakeBed) -> None:
     seen = speeds_seen(bed, 1)
     assert seen == speeds_seen(bed, 2), "both nodes see the same measured speeds"
     ratio = seen[slow_id] / seen[fast_id]
+    # A measurement is a fraction of a second on a shared machine: a neighbour busy during one
+    # node's runs can hold that node's best run down by a third (CI once read 0.82 here: the fast
+    # node at 6778, about two thirds of this machine's usual speed). The quota's effect is
+    # systematic, such a disturbance is not: out of bounds, the benchmark runs again in both
+    # nodes, up to three times, and every ratio read is reported.
+    ratios = [ratio]
+    while not 0.25 <= ratio <= 0.7 and len(ratios) < 4:
+        ratio = measured_in(bed, 2) / measured_in(bed, 1)
+        ratios.append(ratio)
     # Ideal 0.5. The quota can let one unthrottled 5 ms burst into a 50 ms run (at most +11 %,
     # 0.49 to 0.52 measured); best of 5 runs repeats within about 3 % on this shared machine, and
     # the two nodes' CPUs are shared with other work unevenly (a neighbour that stays busy costs
@@ -55,7 +74,7 @@ def test_half_quota_measures_half_speed(make_bed: MakeBed) -> None:
     # machine both ends move (0.63 and 0.31 seen in full test runs: the throttled runs can all
     # land badly against the quota's period): 0.25 to 0.7 still tells a node held to half a CPU
     # from a whole one, which is what the balancer needs to know.
-    assert 0.25 <= ratio <= 0.7, seen
+    assert 0.25 <= ratio <= 0.7, (seen, ratios)
     # What the agent measured is what it gossips and what mosctl reports.
     got = bed.exec(1, ["mosctl", "getspeed", f"{slow_id:#x}"]).stdout.strip()
     assert int(got) == seen[slow_id]
