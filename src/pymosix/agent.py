@@ -186,8 +186,11 @@ class NodeAgent:
             lstay=config.lstay,
             block=config.block,
         )
-        for name, value in flagstate.read(config.state_dir).items():  # mosctl ... --persist
+        kept = flagstate.read(config.state_dir)
+        for name, value in kept.items():  # mosctl ... --persist
             setattr(self.flags, name, value)
+        #: The speed is this agent's own reading (pymosix.load.speedwatch may improve it).
+        self.speed_measured = not config.speed and "speed" not in kept
         self.replay = ReplayGuard(max_skew_ms=config.max_clock_skew_ms)
         self.offenders = OffenderLog(max_skew_ms=config.max_clock_skew_ms)
         self.control = ControlServer(

@@ -66,6 +66,9 @@ class NodeConfig:
     #: Relative CPU speed, openMosix units: 10000 is the reference machine. 0: measured at start
     #: (pymosix.load.speed, about 0.3 s of one CPU).
     speed: int = 0
+    #: A measured speed is measured again while this node's CPUs are idle, at most this often,
+    #: keeping the best reading (load only lowers one; pymosix.load.speedwatch). 0: never.
+    speed_recheck_s: int = 600
     #: Refuse guests from the start (mosctl block); `mosctl ... --persist` overrides these four.
     block: bool = False
     #: No automatic migration away from this node (mosctl stay).
@@ -123,6 +126,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "gossip_fanout": (1, 64, ""),
     "load_max_age_ms": (100, 3_600_000, "ms"),
     "speed": (0, 10_000_000, ""),  # 0: measured at start
+    "speed_recheck_s": (0, 86_400, "s"),  # 0: never
     "max_clock_skew_ms": (1000, 3_600_000, "ms"),
     "control_max_connections_per_uid": (1, 65536, ""),
     "control_max_connections": (1, 65536, ""),

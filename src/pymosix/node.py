@@ -6,6 +6,7 @@ from pymosix.agent import NodeAgent
 from pymosix.balancer import Balancer
 from pymosix.config import NodeConfig
 from pymosix.load.component import LoadComponent
+from pymosix.load.speedwatch import NodeState, SpeedWatch
 from pymosix.metrics import MetricsEndpoint
 from pymosix.migration.engine import MigrationEngine
 from pymosix.pool import PoolViews
@@ -21,6 +22,15 @@ def build_agent(config: NodeConfig) -> NodeAgent:
     agent.add_component(engine)
     agent.add_component(PoolViews(agent, engine))
     agent.add_component(Balancer(agent, load, engine))
+    if agent.speed_measured:
+
+        def node_state() -> NodeState:
+            return NodeState(load.util, sum(load.job_counts()), agent.flags.speed)
+
+        def set_speed(speed: int) -> None:
+            agent.flags.speed = speed
+
+        agent.add_component(SpeedWatch(config.speed_recheck_s, node_state, set_speed, agent.now))
     if config.metrics_port:
         agent.add_component(MetricsEndpoint(agent, load, engine))
     if config.web_port:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from pymosix.testbed import TestBed
-from pymosix.testbed.cpuquota import cpu_cgroup, set_cpu_quota
+from pymosix.testbed.cpuquota import clear_cpu_quota, cpu_cgroup, set_cpu_quota
 from tests.kernel.conftest import wait_until
 
 pytestmark = pytest.mark.kernel
@@ -78,3 +78,29 @@ def test_half_quota_measures_half_speed(make_bed: MakeBed) -> None:
     # What the agent measured is what it gossips and what mosctl reports.
     got = bed.exec(1, ["mosctl", "getspeed", f"{slow_id:#x}"]).stdout.strip()
     assert int(got) == seen[slow_id]
+
+
+def test_a_low_reading_at_start_is_raised_once_the_node_is_idle_and_fast(make_bed: MakeBed) -> None:
+    # node2's agent starts under a quota of half a CPU (a neighbour holding the CPU while it
+    # measures); the quota goes, and within a few re-check intervals on the idle node its speed
+    # is its real one, gossiped to node1.
+    bed = make_bed(2, agents=[], measure_speed=True, extra_args=["--set", "speed_recheck_s=1"])
+    slow = bed.node(2)
+    set_cpu_quota(slow, 0.5)
+    for i in (1, 2):
+        bed.start_agent(i)
+    bed.wait_converged(30)
+    slow_id = slow.node_id
+    wait_until("node1 knows node2's speed", lambda: slow_id in speeds_seen(bed, 1), 10.0)
+    first = int(bed.exec(2, ["mosctl", "getspeed"]).stdout.strip())
+    clear_cpu_quota(slow)
+    # Idle means idle CPUs: on a machine busy with other work this takes longer.
+    wait_until(
+        "node2's speed raised by a reading on its idle CPU",
+        lambda: int(bed.exec(2, ["mosctl", "getspeed"]).stdout.strip()) > 1.4 * first,
+        60.0,
+        poll_s=0.5,
+    )
+    raised = int(bed.exec(2, ["mosctl", "getspeed"]).stdout.strip())
+    wait_until("node1 hears the raised speed", lambda: speeds_seen(bed, 1)[slow_id] == raised, 10.0)
+    assert "measured this node's speed again" in slow.log.read_text()

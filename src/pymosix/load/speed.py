@@ -16,6 +16,8 @@ run the same Python (they do when they run the same pymosix install); where they
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -81,9 +83,12 @@ def measure_speed(runs: int = RUNS, run_s: float = RUN_S) -> int:
 
 
 def main() -> None:
-    """``python -m pymosix.load.speed``: print the measured speed and loop rate."""
+    """``python -m pymosix.load.speed [--json]``: print the measured speed and loop rate."""
     rate = measure_rate()
-    print(f"speed {speed_from_rate(rate)} ({rate / 1e6:.2f} M iterations/s)")
+    if "--json" in sys.argv[1:]:
+        print(json.dumps({"speed": speed_from_rate(rate), "rate": rate}))
+    else:
+        print(f"speed {speed_from_rate(rate)} ({rate / 1e6:.2f} M iterations/s)")
 
 
 if __name__ == "__main__":
