@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages pymosix needs on a Debian or Ubuntu host: Python with venv, iproute2 for the
-# test bed, perl for the seed's test loop, GNU parallel for the benchmarks' baseline.
+# test bed (iptables for its network faults), perl for the seed's test loop, GNU parallel for the benchmarks' baseline.
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v perl >/dev/null || need+=(perl)
 command -v parallel >/dev/null || need+=(parallel)
 command -v tmux >/dev/null || need+=(tmux)
+# Real network faults in the tests: packets dropped inside a bed node's namespace.
+command -v iptables >/dev/null || need+=(iptables)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
