@@ -6,9 +6,10 @@ order, missing or repeated, or a hash that does not match, is a checksum error (
 stdout broken by a move). Faults, one per move, drawn at random: none; the fault hook dropping
 or delaying one protocol message (migration/faults.py); the target's agent frozen (SIGSTOP) for
 7 s during the move, or killed (kill -9) and started again; "during": the source holds DONE
-back 2 s (the hook) and the target is hit after 1 s.
-Not here: packet loss (no netem in this kernel), agent kill -9 where the job runs and a full
-image directory (both need item 6's checkpoints and the offer's size check).
+back 2 s (the hook) and the target is hit after 1 s; 5 % of the packets every node receives
+dropped during the move (iptables in each node's namespace); the target's image directory
+(its /dev/shm) too small for the job.
+Not here: agent kill -9 where the job runs (it needs item 6's checkpoints).
 Usage: python -m bench.soak [--moves 500] [--seed 1]."""
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ HOOKS = [
     ("target", "delay RESTORED 8"),
     ("home", "drop VERDICT once"),
 ]
-FAULTS = ["none", "hook", "freeze target", "kill target"]
+FAULTS = ["none", "hook", "freeze target", "kill target", "packet loss", "full target"]
+LOSS_RULE = ["INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"]
 
 
 @dataclass
@@ -156,6 +158,11 @@ def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tup
         what = f"{rule} at the {role}"
     elif fault in ("freeze target", "kill target"):
         set_faults(bed, src, "delay DONE 2\n")
+    elif fault == "packet loss":
+        for i in NODES:
+            bed.exec(i, ["iptables", "-w", "-A", *LOSS_RULE], check=True)
+    elif fault == "full target":
+        bed.exec(tgt, ["mount", "-o", "remount,size=1m", "/dev/shm"], check=True)
     move = bed.popen(
         1,
         ["migrate", str(home_pid), f"0x{NODES[tgt]:x}"],
@@ -182,6 +189,11 @@ def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tup
         move.wait()
     for i in NODES:
         set_faults(bed, i, "")
+    if fault == "packet loss":
+        for i in NODES:
+            bed.exec(i, ["iptables", "-w", "-D", *LOSS_RULE], check=True)
+    elif fault == "full target":
+        bed.exec(tgt, ["mount", "-o", "remount,size=50%", "/dev/shm"], check=True)
     if fault == "kill target":
         bed.start_agent(tgt)
         bed.wait_converged(30)
