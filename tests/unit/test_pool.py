@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
+
 from pymosix.control_server import ControlConnection
 from pymosix.ids import NodeId
 from pymosix.membership import MapChanged, NodeEntry
@@ -249,3 +251,24 @@ async def test_nodes_that_left_the_map_are_named_until_they_return() -> None:
     v._map_changed(MapChanged(nodes=(entries[0],), left=(NodeId(5),)))
     agent.clock += 601
     assert v.recently_gone() == []
+
+
+def test_mps_keeps_its_columns_in_line_with_guests(capsys: pytest.CaptureFixture[str]) -> None:
+    from pymosix.cli.mps import print_local
+
+    row = {"user": "alice", "state": "running", "cpu": 99.0, "cpu_s": 9.0, "rss": 4096,
+           "migrations": 1, "why": None, "command": "/tmp/omtest.sh"}  # fmt: skip
+    print_local(
+        {
+            "node_id": 25612,
+            "jobs": [
+                {**row, "home_pid": 10, "node": 25612, "home_node": 25612, "guest": False},
+                {**row, "home_pid": 11, "node": 25612, "home_node": 25611, "guest": True},
+            ],
+        }
+    )
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert "guest(25611)" in lines[1]
+    for line in lines:
+        assert line.index("running") == header.index("STATE"), (header, line)
+        assert line.index("/tmp/omtest.sh") == header.index("COMMAND"), (header, line)

@@ -79,13 +79,16 @@ def user_name(user: str) -> str:
 
 
 def print_local(r: dict[str, Any]) -> None:
-    print(LOCAL_HEADER)
-    for j in sorted(r["jobs"], key=lambda j: (j["guest"], j["home_pid"])):
-        node = _where(j["node"], r["node_id"])
-        if j["guest"]:
-            node = f"guest({j['home_node']})"
+    jobs = sorted(r["jobs"], key=lambda j: (j["guest"], j["home_pid"]))
+    nodes = [
+        f"guest({j['home_node']})" if j["guest"] else _where(j["node"], r["node_id"]) for j in jobs
+    ]
+    # A guest's "guest(25611)" widens the column rather than push the others out of line.
+    w = max([6, *map(len, nodes)])
+    print(LOCAL_HEADER.replace(f"{'NODE':>6}", f"{'NODE':>{w}}", 1))
+    for j, node in zip(jobs, nodes, strict=True):
         print(
-            f"{j['home_pid']:>7} {j['user'][:8]:<8} {node:>6} {j['state']:<8} {j['cpu']:>5.1f} {_time(j):>7} {_rss(j['rss']):>8} {j['migrations']:>3} {_why(j):<3} {j['command'][:60]}"
+            f"{j['home_pid']:>7} {j['user'][:8]:<8} {node:>{w}} {j['state']:<8} {j['cpu']:>5.1f} {_time(j):>7} {_rss(j['rss']):>8} {j['migrations']:>3} {_why(j):<3} {j['command'][:60]}"
         )
     _print_whys(r["jobs"])
 
