@@ -90,6 +90,9 @@ class NodeConfig:
     max_image_mib: int = 65536
     #: Automatic load balancing.
     balance: bool = True
+    #: The agent's nice value (its CPU share against its jobs, which run at mosrun's): below 0, a
+    #: node full of jobs still answers, gossips and moves them promptly.
+    agent_nice: int = -5
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
     #: A datagram stamped further than this from this node's clock is refused (and warned about).
@@ -127,6 +130,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "load_max_age_ms": (100, 3_600_000, "ms"),
     "speed": (0, 10_000_000, ""),  # 0: measured at start
     "speed_recheck_s": (0, 86_400, "s"),  # 0: never
+    "agent_nice": (-20, 19, ""),
     "max_clock_skew_ms": (1000, 3_600_000, "ms"),
     "control_max_connections_per_uid": (1, 65536, ""),
     "control_max_connections": (1, 65536, ""),

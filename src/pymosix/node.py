@@ -10,11 +10,13 @@ from pymosix.load.speedwatch import NodeState, SpeedWatch
 from pymosix.metrics import MetricsEndpoint
 from pymosix.migration.engine import MigrationEngine
 from pymosix.pool import PoolViews
+from pymosix.priority import run_above_jobs
 
 
 def build_agent(config: NodeConfig) -> NodeAgent:
     """The agent with its components; each is started in this order and stopped in reverse."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    run_above_jobs(config.agent_nice)  # before the speed measurement, which wants the CPU too
     agent = NodeAgent(config)
     load = LoadComponent(agent)
     agent.add_component(load)

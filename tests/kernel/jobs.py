@@ -27,13 +27,14 @@ class Job:
         stdin: bool = False,
         user: str | None = None,
         cwd: str | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.bed = bed
         self.home = node
         self.user = user
         self.proc = bed.popen(
             node,
-            ["mosrun", *argv],
+            [*wrapper, "mosrun", *argv],  # a wrapper that execs mosrun: `nice -n 7`
             user=user,
             cwd=cwd,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,

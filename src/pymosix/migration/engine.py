@@ -114,6 +114,14 @@ def _umask_of(pid: int) -> int | None:
     return int(line.split()[1], 8)
 
 
+def _nice_of(pid: int) -> int:
+    """mosrun's nice value, for its job (0 if mosrun is already gone)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return 0
+
+
 def _root_only(conn: ControlConnection, what: str) -> None:
     if conn.peer.uid != 0:
         raise PymosixError(f"only root may {what} (mosctl {what} as root)")
@@ -302,6 +310,7 @@ class MigrationEngine:
             gid=conn.peer.gid,
             groups=_groups_of(conn.peer.pid),
             umask=_umask_of(conn.peer.pid),
+            nice=_nice_of(conn.peer.pid),
         )
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()

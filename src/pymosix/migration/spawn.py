@@ -77,6 +77,9 @@ if job == 0:
             os.dup2(fd, target)
         os.closerange(3, w)
         os.closerange(w + 1, 1 << 16)
+        if spec["nice"] is not None:
+            what = "set nice %d" % spec["nice"]
+            os.setpriority(os.PRIO_PROCESS, 0, spec["nice"])
         if spec["uid"] is not None:
             what = "set user %d" % spec["uid"]
             os.setgroups(spec["groups"])
@@ -132,6 +135,9 @@ class JobSpec:
     own_proc: bool = True
     #: The file mode creation mask, as mosrun had it; None keeps the agent's.
     umask: int | None = None
+    #: The nice value, as mosrun had it (`nice mosrun CMD` works); None keeps the agent's,
+    #: which runs above its jobs (config `agent_nice`), so a job should always be given one.
+    nice: int | None = None
 
 
 class SpawnError(OSError):
@@ -158,6 +164,7 @@ def _prepare(spec: JobSpec, stdio: Sequence[int]) -> tuple[list[str], bytes, lis
         | (CLONE_NEWNS if spec.own_proc else 0),
         "own_proc": spec.own_proc,
         "umask": spec.umask,
+        "nice": spec.nice,
         "stdio": fds,
     }
     return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds
