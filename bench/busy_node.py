@@ -14,6 +14,7 @@ import argparse
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 
 from bench._common import plot, print_table, write_csv
 from pymosix.testbed import TestBed
@@ -99,7 +100,7 @@ def main() -> None:
         f"move {level['move_s'] / above['move_s']:.2f}x faster (medians of {args.rounds})"
     )
     print("csv:", write_csv("busy_node", rows))
-    series = {
+    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {
         f"agent_nice {n}": (
             [float(r["round"]) for r in rows if r["agent_nice"] == n],
             [float(r["move_s"]) for r in rows if r["agent_nice"] == n],
