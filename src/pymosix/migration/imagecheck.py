@@ -1,0 +1,141 @@
+"""The target's last look before `criu restore`: the files the received image will open are the
+ones the offer listed (issue 14, item 5).
+
+The offer (needs.py) lists every file the job has open or mapped, and the target checked those
+before anything froze. The image that follows is what CRIU, run as root, actually opens; nothing
+tied the two together, so a malicious or buggy source could have the restore open a file it never
+offered (/etc/shadow for writing, say). Here the image's file entries (criuimage.py) are compared
+with the offer: every regular file must be listed, and one listed read-only must not be opened for
+writing. Pseudo files (needs.py does not list them) are taken read-only from /proc and /sys, and
+from /dev only the harmless devices a job's stdio or terminal uses. A file the job had deleted is
+re-created by CRIU beside its old path, so that directory must be one the job works in.
+Any disagreement refuses the restore with one line; the source then resumes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pymosix.errors import DecodeError
+from pymosix.migration.criuimage import GHOST, LINKED, ImageFormatError, Opened, opened_files
+from pymosix.migration.criuimage import wanted as _wanted
+from pymosix.migration.images import ImageError, ImageReceiver
+from pymosix.migration.link import Frame
+from pymosix.migration.needs import SYSTEM_PREFIXES, Needs
+
+if TYPE_CHECKING:
+    from pymosix.migration.channel import Channel
+
+#: Devices a restore may open in any mode: they hand the job nothing of the machine's.
+HARMLESS_DEVICES = frozenset(
+    ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx")
+)
+#: Read-only pseudo files: the job's own /proc (its PID namespace) and /sys.
+_READ_ONLY_PSEUDO = ("/proc/", "/sys/")
+#: Where a job's deleted temporary files may be re-created.
+_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _under(path: str, dirs: tuple[str, ...] | frozenset[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def _pseudo(path: str) -> bool:
+    return (
+        path.startswith(("/proc/", "/sys/", "/dev/")) or path in ("/proc", "/sys", "/dev")
+    ) and (not path.startswith("/dev/shm/"))
+
+
+def _why(o: Opened, listed: Mapping[str, str], workdirs: frozenset[str]) -> str | None:
+    """Why the restore must not open `o`; None if it may."""
+    path = o.path
+    mode = " for writing" if o.write else ""
+    if not path.startswith("/") or posixpath.normpath(path) != path:
+        return f"the image opens {path!r}, which is not a plain absolute path"
+    if o.how == frozenset({"root"}):
+        if path == "/" and not o.write:
+            return None
+        return f"the image sets the job's root directory to {path}, which the offer did not list"
+    if o.remap in (GHOST, LINKED):
+        # A file the job had deleted: CRIU makes it (or a link to it) anew beside the old path.
+        where = posixpath.dirname(path)
+        if _under(where, _TEMP_DIRS) or where in workdirs:
+            return None
+        return f"the image re-creates a deleted file {path}, in a directory the offer did not list"
+    if _pseudo(path):
+        if path in HARMLESS_DEVICES or path.startswith("/dev/pts/"):
+            return None
+        if path.startswith(_READ_ONLY_PSEUDO) and not o.write:
+            return None
+        return f"the image opens {path}{mode}, which a job may not be given"
+    how = listed.get(path)
+    if how is None:
+        return f"the image opens {path}{mode}, which the offer did not list"
+    if o.write and how != "open-rw":
+        return f"the image opens {path} for writing; the offer listed it as read-only ({how})"
+    return None
+
+
+def refusal(opened: Mapping[int, Opened], needs: Needs) -> str | None:
+    """Why the image must not be restored, as one line naming the file; None if it may."""
+    listed = {f.path: f.how for f in needs.files}
+    # Where the job works: its cwd and its data files' directories, not the system's.
+    workdirs = frozenset(
+        f.path if f.how == "cwd" else posixpath.dirname(f.path)
+        for f in needs.files
+        if f.how == "cwd" or not f.path.startswith(SYSTEM_PREFIXES)
+    )
+    for o in sorted(opened.values(), key=lambda o: (o.path, o.write)):
+        why = _why(o, listed, workdirs)
+        if why:
+            return why
+    return None
+
+
+def read(images: Path) -> dict[int, Opened]:
+    """What a restore of the image in `images` opens (ImageError if it is malformed)."""
+    data: dict[str, bytes] = {}
+    for p in images.iterdir():
+        if _wanted(p.name) and p.is_file() and not p.is_symlink():
+            data[p.name] = p.read_bytes()
+    if "files.img" not in data and "reg-files.img" not in data:
+        raise ImageError("malformed image: it has no files.img")
+    try:
+        return opened_files(data)
+    except ImageFormatError as e:
+        raise ImageError(f"malformed image: {e}") from None
+
+
+def check(images: Path, needs_wire: Any) -> None:
+    """Raise ImageError with the reason unless the image opens only what the offer listed."""
+    try:
+        needs = Needs.from_wire(needs_wire)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ImageError(f"malformed offer: {e or type(e).__name__}") from None
+    why = refusal(read(images), needs)
+    if why:
+        raise ImageError(why)
+
+
+async def receive_rest(ch: Channel, images: Path, limit: int, needs_wire: Any) -> dict[str, Any]:
+    """The target's side of a move after the pages: write the image files that follow
+    (images.py checks each), then check what the image opens against the offer; the DONE
+    frame's payload. ImageError if the image may not be restored."""
+    already = sum(f.stat().st_size for f in images.iterdir())
+    receiver = ImageReceiver(images, limit, already)
+    try:
+        while True:
+            kind, p = await asyncio.wait_for(ch.recv(), 60)
+            if kind == Frame.DONE:
+                break
+            if kind != Frame.FILE:
+                raise DecodeError(f"unexpected frame {kind} in an image")
+            receiver.feed(p)
+    finally:
+        receiver.close()
+    await asyncio.to_thread(check, images, needs_wire)
+    return p
