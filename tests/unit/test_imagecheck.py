@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pymosix.migration import criuimage as ci
 from pymosix.migration.faults import Faults, Rule, parse
-from pymosix.migration.imagecheck import check, refusal
+from pymosix.migration.imagecheck import access_refusal, check, refusal
 from pymosix.migration.images import ImageError
 from pymosix.migration.needs import FileNeed, Needs, job_files
 
@@ -122,12 +124,12 @@ def sample() -> dict[str, bytes]:
     }
 
 
-def needs(*files: tuple[str, str]) -> Needs:
+def needs(*files: tuple[str, str], uid: int = 1000) -> Needs:
     return Needs(
         tuple(FileNeed(p, how) for p, how in files),
-        "alice",
-        1000,
-        1000,
+        "alice" if uid else "root",
+        uid,
+        uid,
         frozenset(),
         "x86_64",
         (4, 2, 1),
@@ -367,20 +369,24 @@ def test_a_root_other_than_slash_is_refused() -> None:
 def test_check_reads_a_directory_and_says_one_line(tmp_path: Path) -> None:
     for name, data in sample().items():
         (tmp_path / name).write_bytes(data)
-    check(tmp_path, needs(*OFFER).to_wire())
+    check(tmp_path, needs(*OFFER, uid=0).to_wire())
     with pytest.raises(
         ImageError, match=r"^the image opens /data/in.csv, which the offer did not list$"
     ):
-        check(tmp_path, needs(*(f for f in OFFER if f[0] != "/data/in.csv")).to_wire())
+        check(tmp_path, needs(*(f for f in OFFER if f[0] != "/data/in.csv"), uid=0).to_wire())
     with pytest.raises(ImageError, match=r"^malformed offer"):
         check(tmp_path, {"files": 3})
     (tmp_path / "mm-1.img").write_bytes(b"\x19\x43\x56\x54")
     with pytest.raises(ImageError, match=r"^malformed image: shorter than its magic$"):
+        check(tmp_path, needs(*OFFER, uid=0).to_wire())
+    # A user's job: the files must also be ones that user may open here (/data is not).
+    (tmp_path / "mm-1.img").write_bytes(sample()["mm-1.img"])
+    with pytest.raises(ImageError, match=r"^the image opens /data, which this node cannot look up"):
         check(tmp_path, needs(*OFFER).to_wire())
     for p in tmp_path.iterdir():
         p.unlink()
     with pytest.raises(ImageError, match=r"no files\.img"):
-        check(tmp_path, needs(*OFFER).to_wire())
+        check(tmp_path, needs(*OFFER, uid=0).to_wire())
 
 
 # --- the fault that makes an offer disagree with its image ---------------------------------------
@@ -419,3 +425,89 @@ def test_a_shared_writable_mapping_is_offered_as_open_for_writing(tmp_path: Path
         "/usr/lib/libc.so.6": "mapped",
         "/data/private.bin": "mapped",
     }
+
+
+# --- the job's user may open what the image opens ------------------------------------------------
+
+
+def fake_stat(table: dict[str, tuple[int, int, int]]) -> Callable[[str], os.stat_result]:
+    """path -> (mode, uid, gid); a path not in the table does not exist."""
+
+    def lookup(path: str) -> os.stat_result:
+        if path not in table:
+            raise FileNotFoundError(2, "No such file or directory")
+        mode, uid, gid = table[path]
+        return os.stat_result((mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+
+    return lookup
+
+
+D, F = stat.S_IFDIR, stat.S_IFREG
+TREE = {
+    "/": (D | 0o755, 0, 0),
+    "/etc": (D | 0o755, 0, 0),
+    "/etc/shadow": (F | 0o640, 0, 42),
+    "/etc/passwd": (F | 0o644, 0, 0),
+    "/home": (D | 0o755, 0, 0),
+    "/home/alice": (D | 0o700, 1000, 1000),
+    "/home/alice/notes": (F | 0o600, 1000, 1000),
+    "/home/alice/ro": (F | 0o460, 1000, 50),
+    "/srv": (D | 0o750, 0, 50),
+    "/srv/team.log": (F | 0o664, 0, 50),
+    "/usr": (D | 0o755, 0, 0),
+    "/usr/bin": (D | 0o755, 0, 0),
+    "/usr/bin/secret-tool": (F | 0o711, 0, 0),
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "write", "how", "why"),
+    [
+        ("/etc/passwd", False, "fd 3", None),
+        (
+            "/etc/passwd",
+            True,
+            "fd 3",
+            "the image opens /etc/passwd; user alice (uid 1000) may not write it on this node",
+        ),
+        ("/etc/shadow", False, "fd 3", "may not read it"),
+        ("/home/alice/notes", True, "fd 3", None),
+        ("/home/alice", False, "cwd", None),
+        # The owner's bits, even where the group's would give more.
+        ("/home/alice/ro", True, "fd 3", "may not write it"),
+        ("/srv/team.log", True, "fd 3", None),
+        ("/usr/bin/secret-tool", False, "exe", None),
+        ("/usr/bin/secret-tool", False, "mapped", "may not read it"),
+        (
+            "/home/bob/x",
+            False,
+            "fd 3",
+            "which this node cannot look up (No such file or directory)",
+        ),
+    ],
+)
+def test_the_jobs_user_must_be_allowed_to_open_each_file(
+    path: str, write: bool, how: str, why: str | None
+) -> None:
+    opened = {1: ci.Opened(path, write, frozenset({how}))}
+    got = access_refusal(opened, "alice", 1000, frozenset({1000, 50}), fake_stat(TREE))
+    if why is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert why in got
+
+
+def test_a_directory_on_the_way_must_be_searchable() -> None:
+    opened = {1: ci.Opened("/home/alice/notes", False, frozenset({"fd 3"}))}
+    assert access_refusal(opened, "bob", 1001, frozenset({1001}), fake_stat(TREE)) == (
+        "the image opens /home/alice/notes; user bob (uid 1001) may not enter /home/alice on this node"
+    )
+    # root may; pseudo files, / and deleted files are refusal()'s to judge, not looked up here.
+    assert access_refusal(opened, "root", 0, frozenset({0}), fake_stat(TREE)) is None
+    others = {
+        2: ci.Opened("/", False, frozenset({"root"})),
+        3: ci.Opened("/proc/self/status", False, frozenset({"fd 4"})),
+        4: ci.Opened("/tmp/gone", True, frozenset({"fd 5"}), ci.GHOST),
+    }
+    assert access_refusal(others, "bob", 1001, frozenset({1001}), fake_stat({})) is None

@@ -8,15 +8,19 @@ offered (/etc/shadow for writing, say). Here the image's file entries (criuimage
 with the offer: every regular file must be listed, and one listed read-only must not be opened for
 writing. Pseudo files (needs.py does not list them) are taken read-only from /proc and /sys, and
 from /dev only the harmless devices a job's stdio or terminal uses. A file the job had deleted is
-re-created by CRIU beside its old path, so that directory must be one the job works in.
+re-created by CRIU beside its old path, so that directory must be one the job works in. And
+since the offer comes from the same source, each file must also be one the job's user may open
+that way here (mode bits, as the kernel reads them): root's restore opens it for them.
 Any disagreement refuses the restore with one line; the source then resumes the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +100,66 @@ def refusal(opened: Mapping[int, Opened], needs: Needs) -> str | None:
     return None
 
 
+def _allowed(st: os.stat_result, uid: int, groups: frozenset[int], want: int) -> bool:
+    """Whether the mode bits give uid (in groups) the `want` bits (4 read, 2 write, 1 search),
+    as the kernel picks them: the owner's, else the group's, else the others'."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
+
+
+def access_refusal(
+    opened: Mapping[int, Opened],
+    user: str,
+    uid: int,
+    groups: frozenset[int],
+    lookup: Callable[[str], os.stat_result] = os.stat,
+) -> str | None:
+    """Why the job's user may not open a file the image opens, as CRIU (root) would open it
+    for them; None if they may. The offer's word is not enough: a source could list /etc/shadow
+    as open for writing. Pseudo files, / and files the job had deleted are judged by `refusal`."""
+    if uid == 0:
+        return None  # root's job: root may open anything, and the restore runs as root anyway
+    who = f"user {user} (uid {uid})"
+    for o in sorted(opened.values(), key=lambda o: (o.path, o.write)):
+        path = o.path
+        if o.how == frozenset({"root"}) or o.remap is not None or _pseudo(path):
+            continue
+        try:
+            parts = path.strip("/").split("/")
+            for i in range(len(parts)):
+                where = "/" + "/".join(parts[:i])
+                if not _allowed(lookup(where), uid, groups, 1):
+                    return f"the image opens {path}; {who} may not enter {where} on this node"
+            st = lookup(path)
+        except OSError as e:
+            return f"the image opens {path}, which this node cannot look up ({e.strerror})"
+        if stat.S_ISDIR(st.st_mode):
+            want, verb = 1, "enter"
+        elif o.write:
+            want, verb = 2, "write"
+        elif o.how == frozenset({"exe"}):
+            want, verb = 1, "run"
+        else:
+            want, verb = 4, "read"
+        if not _allowed(st, uid, groups, want):
+            return f"the image opens {path}; {who} may not {verb} it on this node"
+    return None
+
+
+def _groups(user: str, gid: int) -> frozenset[int]:
+    try:
+        return frozenset(os.getgrouplist(user, gid))
+    except (KeyError, OSError):
+        return frozenset((gid,))
+
+
 def read(images: Path) -> dict[int, Opened]:
     """What a restore of the image in `images` opens (ImageError if it is malformed)."""
     data: dict[str, bytes] = {}
@@ -116,7 +180,10 @@ def check(images: Path, needs_wire: Any) -> None:
         needs = Needs.from_wire(needs_wire)
     except (KeyError, TypeError, ValueError) as e:
         raise ImageError(f"malformed offer: {e or type(e).__name__}") from None
-    why = refusal(read(images), needs)
+    opened = read(images)
+    why = refusal(opened, needs) or access_refusal(
+        opened, needs.user, needs.uid, _groups(needs.user, needs.gid)
+    )
     if why:
         raise ImageError(why)
 
