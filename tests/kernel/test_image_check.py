@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pymosix.migration.criu import CriuDriver, make_images_dir
+from pymosix.migration.criuimage import GHOST
 from pymosix.migration.imagecheck import read, refusal
 from pymosix.migration.needs import gather, job_files
 from pymosix.migration.spawn import JobSpec, become_subreaper, spawn_job
@@ -32,10 +34,11 @@ pytestmark = pytest.mark.kernel
 
 #: Holds a file of each kind in its cwd (argv[1]): read, read-write, appended, a shared
 #: writable mapping and a private read-only one (both without an fd: mapped with libc's mmap,
-#: then closed); prints its fds, then waits.
+#: then closed), and one it deleted; prints its fds, then waits.
 HOLDER = r"""
 import ctypes, os, sys, time
 os.chdir(sys.argv[1])
+os.umask(0o022)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -47,7 +50,11 @@ def mapped(name, prot, flags):
 mapped("shared.bin", 3, 1)
 mapped("private.bin", 1, 2)
 ro, rw, log = open("ro.txt"), open("rw.txt", "r+"), open("log.txt", "a")
-print(ro.fileno(), rw.fileno(), log.fileno(), flush=True)
+gone = open("gone.txt", "w")
+gone.write("deleted, still open")
+gone.flush()
+os.unlink("gone.txt")
+print(ro.fileno(), rw.fileno(), log.fileno(), gone.fileno(), flush=True)
 while True:
     time.sleep(0.05)
 """
@@ -77,7 +84,7 @@ def holder() -> Iterator[tuple[int, Path, Path, list[int]]]:
     try:
         with os.fdopen(out_r, "rb", closefd=False) as out:
             fds = [int(x) for x in out.readline().split()]
-        assert len(fds) == 3
+        assert len(fds) == 4
         yield pid, work, images, fds
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -93,7 +100,7 @@ def holder() -> Iterator[tuple[int, Path, Path, list[int]]]:
 def test_the_reader_lists_exactly_the_files_a_dumped_process_holds(
     holder: tuple[int, Path, Path, list[int]],
 ) -> None:
-    pid, work, images, (ro, rw, log) = holder
+    pid, work, images, (ro, rw, log, gone) = holder
     driver = CriuDriver()
     offered = job_files(pid)
     needs = gather(pid, 0, 0, asyncio.run(driver.version()))
@@ -110,8 +117,12 @@ def test_the_reader_lists_exactly_the_files_a_dumped_process_holds(
         (f"{work}/log.txt", True, (f"fd {log}",)),
         (f"{work}/shared.bin", True, ("mapped",)),
         (f"{work}/private.bin", False, ("mapped",)),
+        (f"{work}/gone.txt", True, (f"fd {gone}",)),
         (str(work), False, ("cwd",)),
     }
+    # The deleted one: CRIU carries it as a ghost, made again as root's plain 0644 file.
+    deleted = [o for o in opened.values() if o.path == f"{work}/gone.txt"]
+    assert [(o.remap, o.made) for o in deleted] == [(GHOST, (0, 0, stat.S_IFREG | 0o644))]
     # The offer of the same job says the same, in its words.
     assert {p: how for p, how in offered.items() if p.startswith(str(work))} == {
         f"{work}/ro.txt": "open",

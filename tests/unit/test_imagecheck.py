@@ -73,6 +73,13 @@ def mm_bytes(exe: int, *vmas: bytes) -> bytes:
     return out + b"".join(lfield(14, v) for v in vmas)
 
 
+def ghost_image(uid: int, gid: int, mode: int) -> bytes:
+    """A ghost file's image: its entry, then the file's raw contents (not entries)."""
+    return (
+        image(ci.GHOST_FILE_MAGIC, vfield(1, uid) + vfield(2, gid) + vfield(3, mode)) + b"\xff" * 9
+    )
+
+
 def sample() -> dict[str, bytes]:
     """A job: python's exe, libc mapped, a data file read, a log written, a shared writable
     mapping of a third file, its cwd, a fifo, a pipe, /dev/null and a deleted temp file."""
@@ -115,6 +122,7 @@ def sample() -> dict[str, bytes]:
     )
     remaps = image(ci.REMAP_FPATH_MAGIC, vfield(1, 12) + vfield(2, 1) + vfield(3, ci.GHOST))
     return {
+        "ghost-file-1.img": ghost_image(1000, 1000, stat.S_IFREG | 0o600),
         "files.img": files,
         "mm-1.img": mm,
         "fs-1.img": fs,
@@ -168,6 +176,9 @@ def test_the_reader_lists_each_file_with_its_mode_and_uses() -> None:
         ("/dev/null", True, ("fd 6",), None),
         ("/tmp/scratch", False, ("fd 7",), ci.GHOST),
     }
+    made = {o.path: o.made for o in ci.opened_files(sample()).values()}
+    assert made["/tmp/scratch"] == (1000, 1000, stat.S_IFREG | 0o600)
+    assert made["/data/in.csv"] is None
 
 
 def test_the_older_layout_and_fdflags_of_a_mapping() -> None:
@@ -240,10 +251,12 @@ def test_malformed_files_img_is_refused_with_one_line(what: str) -> None:
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["mm-1.img", "fs-1.img", "fdinfo-2.img", "remap-fpath.img"])
+@pytest.mark.parametrize(
+    "name", ["mm-1.img", "fs-1.img", "fdinfo-2.img", "remap-fpath.img", "ghost-file-1.img"]
+)
 def test_malformed_other_images_are_refused(name: str) -> None:
     images = sample()
-    images[name] = images[name][:-1]
+    images[name] = images[name][:-1] if name != "ghost-file-1.img" else images[name][:14]
     with pytest.raises(ci.ImageFormatError):
         ci.opened_files(images)
     images[name] = image(ci.FILES_MAGIC)  # another file's magic
@@ -338,22 +351,66 @@ def test_a_writable_shared_mapping_of_a_file_listed_as_mapped_is_refused() -> No
     )
 
 
-def test_a_deleted_file_is_re_created_only_where_the_job_works() -> None:
-    def with_ghost(path: str) -> dict[int, ci.Opened]:
-        images = sample()
-        images["files.img"] += struct.pack("<I", len(e := file_entry(99, path))) + e
-        images["remap-fpath.img"] += (
-            struct.pack("<I", len(r := vfield(1, 99) + vfield(2, 4) + vfield(3, ci.GHOST))) + r
-        )
-        return ci.opened_files(images)
+def with_ghost(path: str, made: tuple[int, int, int] | None) -> dict[int, ci.Opened]:
+    """sample() and a deleted file at path, remapped to ghost 0x1a (made: its uid, gid, mode)."""
+    images = sample()
+    images["files.img"] += struct.pack("<I", len(e := file_entry(99, path))) + e
+    images["remap-fpath.img"] += (
+        struct.pack("<I", len(r := vfield(1, 99) + vfield(2, 26) + vfield(3, ci.GHOST))) + r
+    )
+    if made is not None:
+        images["ghost-file-1a.img"] = ghost_image(*made)
+    return ci.opened_files(images)
 
+
+MINE = (1000, 1000, stat.S_IFREG | 0o644)
+
+
+def test_a_deleted_file_is_re_created_only_where_the_job_works() -> None:
     for ok in ("/var/tmp/x", "/dev/shm/x", "/data/old.csv", "/data/y"):
-        assert refusal(with_ghost(ok), needs(*OFFER)) is None, ok
-    assert refusal(with_ghost("/etc/cron.d/job"), needs(*OFFER)) == (
+        assert refusal(with_ghost(ok, MINE), needs(*OFFER)) is None, ok
+    assert refusal(with_ghost("/etc/cron.d/job", MINE), needs(*OFFER)) == (
         "the image re-creates a deleted file /etc/cron.d/job, in a directory the offer did not list"
     )
     # The directory of a system file the job maps is not one it works in.
-    assert refusal(with_ghost("/usr/lib/evil.so"), needs(*OFFER)) is not None
+    assert refusal(with_ghost("/usr/lib/evil.so", MINE), needs(*OFFER)) is not None
+
+
+@pytest.mark.parametrize(
+    ("made", "why"),
+    [
+        ((1000, 1000, stat.S_IFCHR | 0o666), "as a device or other special file"),
+        ((1000, 1000, stat.S_IFBLK | 0o600), "as a device or other special file"),
+        ((0, 0, stat.S_IFREG | 0o4755), "set-user-ID or set-group-ID"),
+        ((1000, 1000, stat.S_IFREG | 0o2755), "set-user-ID or set-group-ID"),
+        ((0, 0, stat.S_IFREG | 0o644), "owned by uid 0 gid 0, not by the job's user"),
+        ((1000, 0, stat.S_IFREG | 0o644), "owned by uid 1000 gid 0, not by the job's user"),
+    ],
+)
+def test_a_ghost_file_is_made_only_as_a_plain_file_of_the_jobs_user(
+    made: tuple[int, int, int], why: str
+) -> None:
+    got = refusal(with_ghost("/tmp/x", made), needs(*OFFER))
+    assert got is not None
+    assert got.startswith("the image re-creates a deleted file /tmp/x ")
+    assert why in got
+
+
+def test_a_ghost_files_owner_may_be_any_of_the_users_groups_and_anyone_for_root() -> None:
+    theirs = (1000, 50, stat.S_IFREG | 0o644)
+    assert refusal(with_ghost("/tmp/x", theirs), needs(*OFFER)) is not None
+    assert refusal(with_ghost("/tmp/x", theirs), needs(*OFFER), frozenset({1000, 50})) is None
+    roots = (0, 0, stat.S_IFDIR | 0o755)
+    assert refusal(with_ghost("/tmp/x", roots), needs(*OFFER, uid=0)) is None
+
+
+def test_a_ghost_without_its_image_is_malformed() -> None:
+    with pytest.raises(ci.ImageFormatError, match="ghost file 1a has no image"):
+        with_ghost("/tmp/x", None)
+    images = sample()
+    images["ghost-file-1.img"] = image(ci.GHOST_FILE_MAGIC)
+    with pytest.raises(ci.ImageFormatError, match="without its entry"):
+        ci.opened_files(images)
 
 
 def test_a_root_other_than_slash_is_refused() -> None:

@@ -20,10 +20,10 @@ FDINFO_MAGIC = 0x56213732
 MM_MAGIC = 0x57492820
 FS_MAGIC = 0x51403912
 REMAP_FPATH_MAGIC = 0x59133954
-FIFO_MAGIC = 0x58364939
+GHOST_FILE_MAGIC = 0x52583605
 
 #: fd_types (fdinfo.proto)
-REG, PIPE, FIFO, UNIXSK = 1, 2, 3, 5
+REG, PIPE, FIFO = 1, 2, 3
 #: remap_type (remap-file-path.proto)
 LINKED, GHOST, PROCFS = 0, 1, 2
 #: vma status bits (CRIU's include/image.h)
@@ -125,8 +125,9 @@ def _bytes(m: dict[int, list[int | bytes]], n: int) -> bytes | None:
     return x
 
 
-def entries(data: bytes, magic: int) -> list[bytes]:
-    """The messages of one image file whose own magic must be `magic`."""
+def entries(data: bytes, magic: int, most: int = MAX_ENTRIES) -> list[bytes]:
+    """The messages of one image file whose own magic must be `magic` (the first `most` of
+    them: a ghost file's entry is followed by the file's raw contents)."""
     if len(data) < 8:
         raise ImageFormatError("shorter than its magic")
     common, own = struct.unpack_from("<II", data)
@@ -134,7 +135,7 @@ def entries(data: bytes, magic: int) -> list[bytes]:
         raise ImageFormatError(f"magic {common:#x} {own:#x}, not {IMG_COMMON_MAGIC:#x} {magic:#x}")
     out: list[bytes] = []
     pos = 8
-    while pos < len(data):
+    while pos < len(data) and len(out) < most:
         if pos + 4 > len(data):
             raise ImageFormatError("truncated entry length")
         (size,) = struct.unpack_from("<I", data, pos)
@@ -256,6 +257,15 @@ def remap(buf: bytes) -> Remap:
     return Remap(_int(m, 1), _int(m, 2), _int(m, 3, LINKED))
 
 
+def ghost(data: bytes) -> tuple[int, int, int]:
+    """ghost_file_entry, a ghost-file-N.img's first: (uid, gid, mode) of the file CRIU makes."""
+    first = entries(data, GHOST_FILE_MAGIC, most=1)
+    if not first:
+        raise ImageFormatError("a ghost file image without its entry")
+    m = _message(first[0], {1: int, 2: int, 3: int})
+    return _int(m, 1), _int(m, 2), _int(m, 3)
+
+
 def fdinfo(buf: bytes) -> tuple[int, int, int]:
     """fdinfo_entry: (file id, type, fd)."""
     m = _message(buf, {1: int, 3: int, 4: int})
@@ -268,17 +278,20 @@ def fdinfo(buf: bytes) -> tuple[int, int, int]:
 @dataclass(frozen=True, slots=True)
 class Opened:
     """A path a restore of the image opens: for writing or not, and how the job holds it
-    (fd N, mapped, exe, cwd, root, fifo; `remapped` for a file the job had deleted)."""
+    (fd N, mapped, exe, cwd, root, fifo). `remap`: GHOST or LINKED for a file the job had
+    deleted, PROCFS for a /proc file; a ghost's `made` is the (uid, gid, mode) CRIU gives the
+    file it re-creates."""
 
     path: str
     write: bool
     how: frozenset[str]
     remap: int | None = None
+    made: tuple[int, int, int] | None = None
 
 
 #: Image files that name files, by name pattern; every other image file is left alone.
 WANTED = ("files.img", "reg-files.img", "remap-fpath.img")
-WANTED_PREFIXES = ("mm-", "fs-", "fdinfo-")
+WANTED_PREFIXES = ("mm-", "fs-", "fdinfo-", "ghost-file-")
 
 
 def wanted(name: str) -> bool:
@@ -350,10 +363,18 @@ def opened_files(images: Mapping[str, bytes]) -> dict[int, Opened]:
     out: dict[int, Opened] = {}
     for fid, reg in regs.items():
         remapped = remaps.get(fid)
+        made = None
+        if remapped is not None and remapped.type == GHOST:
+            # CRIU names a ghost's image by its id in hex.
+            ghost_data = images.get(f"ghost-file-{remapped.remap_id:x}.img")
+            if ghost_data is None:
+                raise ImageFormatError(f"ghost file {remapped.remap_id:x} has no image")
+            made = ghost(ghost_data)
         out[fid] = Opened(
             reg.name,
             _writes(reg.flags) or write.get(fid, False),
             frozenset(how.get(fid, ())),
             None if remapped is None else remapped.type,
+            made,
         )
     return out

@@ -54,7 +54,12 @@ def _pseudo(path: str) -> bool:
     ) and (not path.startswith("/dev/shm/"))
 
 
-def _why(o: Opened, listed: Mapping[str, str], workdirs: frozenset[str]) -> str | None:
+def _why(
+    o: Opened,
+    listed: Mapping[str, str],
+    workdirs: frozenset[str],
+    job: tuple[int, frozenset[int]],
+) -> str | None:
     """Why the restore must not open `o`; None if it may."""
     path = o.path
     mode = " for writing" if o.write else ""
@@ -67,9 +72,21 @@ def _why(o: Opened, listed: Mapping[str, str], workdirs: frozenset[str]) -> str 
     if o.remap in (GHOST, LINKED):
         # A file the job had deleted: CRIU makes it (or a link to it) anew beside the old path.
         where = posixpath.dirname(path)
-        if _under(where, _TEMP_DIRS) or where in workdirs:
+        if not (_under(where, _TEMP_DIRS) or where in workdirs):
+            return (
+                f"the image re-creates a deleted file {path}, in a directory the offer did not list"
+            )
+        if o.made is None:
             return None
-        return f"the image re-creates a deleted file {path}, in a directory the offer did not list"
+        uid, gid, made = o.made
+        what = f"the image re-creates a deleted file {path}"
+        if stat.S_IFMT(made) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO):
+            return f"{what} as a device or other special file, which a job may not be given"
+        if made & (stat.S_ISUID | stat.S_ISGID):
+            return f"{what} set-user-ID or set-group-ID, which a job may not be given"
+        if job[0] != 0 and (uid != job[0] or gid not in job[1]):
+            return f"{what} owned by uid {uid} gid {gid}, not by the job's user"
+        return None
     if _pseudo(path):
         if path in HARMLESS_DEVICES or path.startswith("/dev/pts/"):
             return None
@@ -84,8 +101,12 @@ def _why(o: Opened, listed: Mapping[str, str], workdirs: frozenset[str]) -> str 
     return None
 
 
-def refusal(opened: Mapping[int, Opened], needs: Needs) -> str | None:
-    """Why the image must not be restored, as one line naming the file; None if it may."""
+def refusal(
+    opened: Mapping[int, Opened], needs: Needs, groups: frozenset[int] | None = None
+) -> str | None:
+    """Why the image must not be restored, as one line naming the file; None if it may.
+    `groups`: the job's user's groups (its gid alone if not given)."""
+    job = (needs.uid, groups if groups is not None else frozenset((needs.gid,)))
     listed = {f.path: f.how for f in needs.files}
     # Where the job works: its cwd and its data files' directories, not the system's.
     workdirs = frozenset(
@@ -94,7 +115,7 @@ def refusal(opened: Mapping[int, Opened], needs: Needs) -> str | None:
         if f.how == "cwd" or not f.path.startswith(SYSTEM_PREFIXES)
     )
     for o in sorted(opened.values(), key=lambda o: (o.path, o.write)):
-        why = _why(o, listed, workdirs)
+        why = _why(o, listed, workdirs, job)
         if why:
             return why
     return None
@@ -181,9 +202,8 @@ def check(images: Path, needs_wire: Any) -> None:
     except (KeyError, TypeError, ValueError) as e:
         raise ImageError(f"malformed offer: {e or type(e).__name__}") from None
     opened = read(images)
-    why = refusal(opened, needs) or access_refusal(
-        opened, needs.user, needs.uid, _groups(needs.user, needs.gid)
-    )
+    groups = _groups(needs.user, needs.gid)
+    why = refusal(opened, needs, groups) or access_refusal(opened, needs.user, needs.uid, groups)
     if why:
         raise ImageError(why)
 
