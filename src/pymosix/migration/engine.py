@@ -36,7 +36,7 @@ from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, close_channel, reap
-from pymosix.migration.images import ImageReceiver
+from pymosix.migration.imagecheck import receive_rest
 from pymosix.migration.lifecycle import RETRY_S, E, JobMeta, Machine
 from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
 from pymosix.migration.moves import (
@@ -694,7 +694,7 @@ class MigrationEngine:
             await relay_pages(ch, ours, self.max_image_bytes)
             await asyncio.wait_for(server, 30)
             t_pages = time.monotonic()
-            done = await self._drain_files(ch, images)
+            done = await receive_rest(ch, images, self.max_image_bytes, p.get("needs"))
             t_received = time.monotonic()
             image_bytes = sum(f.stat().st_size for f in images.iterdir())
             keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
@@ -817,22 +817,6 @@ class MigrationEngine:
             look_here, needs, self.agent.node_id, await self.criu.version(), self.image_root
         )
         return needs_refusal(needs, here)
-
-    async def _drain_files(self, ch: Channel, images: Path) -> dict[str, Any]:
-        """Write the image files that follow the pages (migration/images.py checks each); the
-        DONE frame's payload."""
-        already = sum(f.stat().st_size for f in images.iterdir())
-        receiver = ImageReceiver(images, self.max_image_bytes, already)
-        try:
-            while True:
-                kind, p = await asyncio.wait_for(ch.recv(), 60)
-                if kind == Frame.DONE:
-                    return p
-                if kind != Frame.FILE:
-                    raise DecodeError(f"unexpected frame {kind} in an image")
-                receiver.feed(p)
-        finally:
-            receiver.close()
 
     async def _restore(
         self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool

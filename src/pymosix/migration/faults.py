@@ -2,7 +2,9 @@
 or late message does (issue 16). Off unless the node's state directory holds a `faults` file
 (root-only, as the state directory is); each line is ``drop KIND`` or ``delay KIND SECONDS``,
 KIND a frame name (READY: the target refuses the offer; DONE, ATTACH, COMMITTED, RESTORED, ASK, VERDICT), with ``once`` at the end
-for a rule that applies to the next such message only (the line is then removed)."""
+for a rule that applies to the next such message only (the line is then removed).
+``unlist PATH`` leaves PATH out of the file list of the offers this node sends (a source whose
+offer disagrees with its image, for the target's image check: imagecheck.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def parse(text: str) -> dict[str, Rule]:
         rule = None
         if len(words) == 2 and words[0] == "drop":
             rule = Rule(i, words[1].upper(), None, once)
+        elif len(words) == 2 and words[0] == "unlist":
+            rule = Rule(i, "UNLIST " + words[1], None, once)
         elif len(words) == 3 and words[0] == "delay":
             try:
                 rule = Rule(i, words[1].upper(), max(0.0, float(words[2])), once)
@@ -61,6 +65,13 @@ class Faults:
             del lines[rule.line]
             self.path.write_text("".join(ln + "\n" for ln in lines))
         return rule
+
+    def unlisted(self, path: str) -> bool:
+        """True if the offer is to leave `path` out of its file list."""
+        if self._take("UNLIST " + path) is None:
+            return False
+        log.warning("fault hook: leaving %s out of the offer", path)
+        return True
 
     async def passes(self, kind: str) -> bool:
         """False if a message of this kind is to be dropped; waits first if it is delayed."""

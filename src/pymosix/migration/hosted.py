@@ -20,7 +20,7 @@ import signal
 import struct
 import termios
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -455,6 +455,8 @@ class HostedJob:
         needs = await asyncio.to_thread(
             gather, self.pid, uid, gid, await self.engine.criu.version()
         )
+        faults = self.engine.faults
+        needs = replace(needs, files=tuple(f for f in needs.files if not faults.unlisted(f.path)))
         try:
             ch = await open_channel(
                 address, port, self.engine.agent.keys, self.engine.agent.node_id

@@ -359,7 +359,9 @@ def job_files(pid: int, proc: Path = Path("/proc")) -> dict[str, str]:
         for line in maps:
             parts = line.split(None, 5)
             if len(parts) == 6:
-                note(parts[5].strip(), "mapped")
+                # A shared writable mapping: CRIU's restore opens its file for writing.
+                shared_rw = parts[1][1:2] == "w" and parts[1][3:4] == "s"
+                note(parts[5].strip(), "open-rw" if shared_rw else "mapped")
     return out
 
 
