@@ -77,7 +77,7 @@ def test_a_restored_answer_lost_on_the_wire_leaves_one_copy(
 
 
 def test_moves_under_packet_loss_leave_one_copy_and_the_output_whole(
-    make_bed: MakeBed, jobs: list[Job]
+    make_bed: MakeBed, jobs: list[Job], user: str
 ) -> None:
     # 5 % of the packets every node receives are dropped (the soak's packet loss). TCP carries
     # the moves through it; whatever fails must fail into one copy and an unbroken count.
@@ -88,7 +88,7 @@ def test_moves_under_packet_loss_leave_one_copy_and_the_output_whole(
             "-j", "DROP",
         )  # fmt: skip
     token = f"pmx-loss-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user)  # moved by its user, too
     jobs.append(job)
     job.counts(2)
     moved = 0
