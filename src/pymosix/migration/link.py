@@ -70,41 +70,71 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+#: Bytes of data a LocalLink holds one way before its sender waits (the job runs at home: this
+#: is where a slow mosrun holds the job's output back, as TCP does for a remote host).
+LOCAL_HIGH = 2 * 1024 * 1024
+
+
+def _data_size(item: tuple[int, dict[str, Any]]) -> int:
+    data = item[1].get("data")
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+
+
+class _Lane:
+    """One direction of a LocalLink: its frames, and how many bytes of data they carry."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        self.bytes = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.closed = False
+
+    def shut(self) -> None:
+        self.closed = True
+        self.room.set()
+        self.queue.put_nowait(None)
+
+
 class LocalLink:
     """One end of an in-process link; `pair()` makes both ends."""
 
-    def __init__(
-        self,
-        inbox: asyncio.Queue[tuple[int, dict[str, Any]] | None],
-        outbox: asyncio.Queue[tuple[int, dict[str, Any]] | None],
-    ) -> None:
+    def __init__(self, inbox: _Lane, outbox: _Lane) -> None:
         self._inbox = inbox
         self._outbox = outbox
         self._closed = False
 
     @staticmethod
     def pair() -> tuple[LocalLink, LocalLink]:
-        a: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
-        b: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        a, b = _Lane(), _Lane()
         return LocalLink(a, b), LocalLink(b, a)
 
     async def send(self, kind: int, payload: dict[str, Any]) -> None:
+        lane = self._outbox
+        while lane.bytes >= LOCAL_HIGH and not lane.closed and not self._closed:
+            lane.room.clear()
+            await lane.room.wait()
         if self._closed:
             raise EOFError("link closed")
-        await self._outbox.put((kind, payload))
+        lane.bytes += _data_size((kind, payload))
+        await lane.queue.put((kind, payload))
 
     async def recv(self) -> tuple[int, dict[str, Any]]:
-        item = await self._inbox.get()
+        lane = self._inbox
+        item = await lane.queue.get()
         if item is None:
-            self._inbox.put_nowait(None)
+            lane.queue.put_nowait(None)
             raise EOFError("link closed")
+        lane.bytes -= _data_size(item)
+        if lane.bytes < LOCAL_HIGH:
+            lane.room.set()
         return item
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._outbox.put_nowait(None)
-            self._inbox.put_nowait(None)
+            self._outbox.shut()
+            self._inbox.shut()
 
 
 class ChannelLink:
