@@ -5,12 +5,14 @@ Checksums, not timings: the throughput is bench/stdio.py's business."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import threading
 from dataclasses import dataclass, field
 
 import pytest
 
+from pymosix.migration.stdio import STDIO_FRAMES, TO_MOSRUN, FrameReader, parse_ctrl
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import MakeBed
@@ -123,3 +125,46 @@ def test_stdout_and_stderr_stay_byte_exact_across_a_move_in_mid_stream(
 ) -> None:
     bed = make_bed(2, extra_args=["--set", "balance=false"])
     run_writer(bed, user, procs, move_at=20 * MB)
+
+
+#: A client that starts a job as mosrun does, then sends a frame of no known kind.
+BAD_CLIENT = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+req = {"op": "run", "argv": ["/bin/sleep", "60"], "cwd": "/", "env": {}, "lock": True}
+s.sendall(json.dumps(req).encode() + b"\\n")
+f = s.makefile("rb")
+print(f.readline().decode().strip())
+s.sendall(bytes([9, 0, 0, 0, 0, 2]) + b"{}")
+print(f.read().hex())
+"""
+
+
+def test_a_bad_frame_ends_that_connection_with_one_line_and_spares_other_jobs(
+    make_bed: MakeBed, user: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    bed = make_bed(1)
+    other = bed.popen(
+        1,
+        ["mosrun", "-h", "sh", "-c", "read x; echo got $x"],
+        user=user,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    procs.append(other)
+    wait_until("the other job", lambda: len(bed.call(1, "jobs")["jobs"]) == 1, 10.0)
+    r = bed.exec(1, ["python3", "-c", BAD_CLIENT, str(bed.node(1).socket)], user=user)
+    assert r.returncode == 0, r.stderr
+    started, rest = r.stdout.splitlines()
+    assert json.loads(started)["stdio"] == STDIO_FRAMES
+    reader = FrameReader(TO_MOSRUN)
+    frames = [parse_ctrl(p) for kind, _fd, p in reader.feed(bytes.fromhex(rest))]
+    assert frames[0] == {
+        "t": "error",
+        "message": "unknown stdio frame kind 9 (not a mosrun of this version?)",
+    }
+    assert frames[-1]["t"] == "exit", "the job was ended, and then the connection"
+    assert other.communicate(b"on\n", timeout=30)[0] == b"got on\n"
+    assert other.returncode == 0
+    assert "Traceback" not in bed.node(1).log.read_text(errors="replace")

@@ -124,9 +124,9 @@ def test_control_messages_round_trip_and_are_bounded() -> None:
     [(kind, fd, payload)] = reader.feed(ctrl_frame({"t": "sig", "n": 15}))
     assert (kind, fd) == (CTRL, 0)
     assert parse_ctrl(payload) == {"t": "sig", "n": 15}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="control message of"):
         ctrl_frame({"t": "error", "message": "x" * MAX_CTRL})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="DATA frame holds"):
         data_head(1, MAX_DATA + 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="DATA frame holds"):
         data_head(1, 0)
