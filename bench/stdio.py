@@ -80,7 +80,9 @@ def run_once(bed: TestBed, how: str, mb: int, seen: set[int]) -> float:
         raise RuntimeError(f"{how}: exit {p.returncode}: {err.decode().strip()[-300:]}")
     n, seconds = out.decode().split()
     if int(n) != mb << 20:
-        raise RuntimeError(f"{how}: the reader got {n} bytes, not {mb << 20}")
+        raise RuntimeError(
+            f"{how}: the reader got {n} bytes, not {mb << 20}: {err.decode().strip()[-300:]}"
+        )
     return (int(n) / 1e6) / float(seconds)
 
 
@@ -109,6 +111,10 @@ def main() -> None:
                 f"run {i + 1}: " + ", ".join(f"{h} {runs[h][-1]:.0f} MB/s" for h in hows),
                 flush=True,
             )
+    except RuntimeError:
+        for i in (1, 2):
+            print(f"--- node{i}'s log, its end:", *bed.node(i).log.read_text().splitlines()[-15:])
+        raise
     finally:
         bed.down()
     pipe = statistics.median(runs["pipe"])

@@ -172,6 +172,7 @@ class HostedJob:
     _out_held: bool = False
     _out_ended: set[int] = field(default_factory=set)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _receiving: asyncio.Task[None] | None = None
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
@@ -194,9 +195,10 @@ class HostedJob:
         self._watch_output()
         self._pidfd = os.pidfd_open(self.pid)
         loop.add_reader(self._pidfd, self._on_exit)
+        self._receiving = asyncio.create_task(self._receiver())
         self._tasks = [
             asyncio.create_task(self._sender()),
-            asyncio.create_task(self._receiver()),
+            self._receiving,
             asyncio.create_task(self._stdin_writer()),
             asyncio.create_task(self._stats()),
             asyncio.create_task(self._beats()),
@@ -261,7 +263,17 @@ class HostedJob:
             if item[0] == Frame.OUT:
                 self._sent_out(len(item[1]["data"]))
         # None: nothing more will come from here (the job exited or moved on).
-        self.link.close()
+        if self.state != "exited":
+            self.link.close()  # moved: home had all of its output before the move committed
+            return
+        # Exited: its last output and its exit status may still be on their way; the link ends
+        # once home has them (and home's frames are read here alone, to be dropped).
+        receiving = self._receiving
+        if receiving is not None and receiving is not asyncio.current_task():
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+        await self.link.end()
 
     async def _beats(self) -> None:
         """Home hears the node is alive even when the job says nothing (home.DEAD_AFTER_S)."""

@@ -23,6 +23,7 @@ import asyncio
 from enum import IntEnum
 from typing import Any, Protocol
 
+from pymosix.errors import PymosixError
 from pymosix.migration.channel import Channel
 
 
@@ -69,7 +70,12 @@ class Link(Protocol):
 
     def close(self) -> None: ...
 
+    async def end(self) -> None:
+        """Close once the peer has had everything sent (the last word of a job)."""
 
+
+#: How long a job's last frames may take to reach home before its host closes the link anyway.
+LINGER_S = 30.0
 #: Bytes of data a LocalLink holds one way before its sender waits (the job runs at home: this
 #: is where a slow mosrun holds the job's output back, as TCP does for a remote host).
 LOCAL_HIGH = 2 * 1024 * 1024
@@ -136,6 +142,9 @@ class LocalLink:
             self._outbox.shut()
             self._inbox.shut()
 
+    async def end(self) -> None:
+        self.close()  # what is queued stays readable
+
 
 class ChannelLink:
     """A link over an encrypted channel to a peer agent."""
@@ -154,3 +163,19 @@ class ChannelLink:
 
     def close(self) -> None:
         self.channel.close()
+
+    async def end(self, wait_s: float = LINGER_S) -> None:
+        """Half-close, then read (and drop) until the peer closes too, for at most wait_s.
+        Closing with unread bytes here (a beat from home) makes the kernel reset the connection,
+        and then the peer loses what it had not read yet: the job's last output, its exit."""
+        transport = self.channel.stream.transport
+        try:
+            if transport is not None and not transport.is_closing():
+                transport.write_eof()
+                async with asyncio.timeout(wait_s):
+                    while True:
+                        await self.channel.recv()
+        except (EOFError, TimeoutError, OSError, PymosixError):
+            pass
+        finally:
+            self.channel.close()
