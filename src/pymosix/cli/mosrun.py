@@ -52,6 +52,7 @@ from pymosix.migration.stdio import (
     ctrl_frame,
     data_head,
     parse_ctrl,
+    widen_output,
 )
 
 #: Signals that end mosrun when they come twice, whatever the job does (see the docstring).
@@ -185,6 +186,8 @@ class Deputy:
         os.set_blocking(self.sig_w, False)
         os.set_blocking(self.sig_r, False)
         self.frames = FrameReader(TO_MOSRUN)
+        for fd in (1, 2):
+            widen_output(fd)
         #: What the agent sent after its reply line, read along with it.
         self.early = bytes(client._buf)
         #: The first ending signal forwarded (a second one ends mosrun).

@@ -27,6 +27,7 @@ from pymosix.migration.stdio import (
     data_head,
     parse_ctrl,
     parse_head,
+    widen_socket,
 )
 
 
@@ -80,6 +81,7 @@ class HomeJob:
 
     async def serve(self) -> None:
         """Relay until the job exits, or until mosrun goes (then the job is killed, wherever)."""
+        widen_socket(self.conn.writer)
         from_user = asyncio.create_task(self._from_user())
         from_host = asyncio.create_task(self._from_host())
         beats = asyncio.create_task(self._beats())

@@ -74,6 +74,8 @@ class Link(Protocol):
         """Close once the peer has had everything sent (the last word of a job)."""
 
 
+#: Bytes a home-host channel buffers before its sender waits (a few output frames).
+LINK_BUFFER = 2 * 1024 * 1024
 #: How long a job's last frames may take to reach home before its host closes the link anyway.
 LINGER_S = 30.0
 #: Bytes of data a LocalLink holds one way before its sender waits (the job runs at home: this
@@ -151,6 +153,10 @@ class ChannelLink:
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
+        # A job's output goes in frames of up to 1 MiB: room for a few before send() waits, so
+        # that the host is not woken for every 48 KiB that TCP takes (asyncio's default).
+        if channel.stream.transport is not None:
+            channel.stream.transport.set_write_buffer_limits(high=LINK_BUFFER)
 
     async def send(self, kind: int, payload: dict[str, Any]) -> None:
         try:
