@@ -1,9 +1,11 @@
 """A job's output throughput through mosrun, side by side with a plain pipe, on a 2-node bed.
 
-Three ways of getting `dd if=/dev/zero bs=1M count=MB` to a reader in node1, each run --repeat
+Four ways of getting `dd if=/dev/zero bs=1M count=MB` to a reader in node1, each run --repeat
 times in turn (medians shown):
 
   pipe      dd | reader                        (the ceiling: a pipe in the same node)
+  pipe-1m   the same, the pipe widened to 1 MiB by the reader (as mosrun widens its own output
+            pipe: the fair ceiling for what a reader of mosrun gets)
   home      mosrun -h dd | reader              (the job at home: agent and mosrun relay)
   migrated  mosrun -L dd | reader, the job moved to node2 before dd starts (the output crosses
             the agents' encrypted channel, then the home agent and mosrun)
@@ -25,7 +27,8 @@ from pymosix.testbed import TestBed
 
 #: Counts stdin to its end; prints bytes and seconds from the first byte.
 READER = (
-    "import os, time\n"
+    "import fcntl, os, sys, time\n"
+    'if sys.argv[1:] == ["pipe-1m"]: fcntl.fcntl(0, fcntl.F_SETPIPE_SZ, 1 << 20)\n'
     "n, t0 = 0, None\n"
     "while (b := os.read(0, 1 << 20)):\n"
     "    t0 = t0 or time.monotonic()\n"
@@ -37,7 +40,7 @@ NODE2 = "0x640c"
 
 def _producer(how: str, mb: int) -> str:
     dd = f"read go; exec dd if=/dev/zero bs=1M count={mb} status=none"
-    if how == "pipe":
+    if how in ("pipe", "pipe-1m"):
         return f"sh -c '{dd}'"
     return f"mosrun {'-h' if how == 'home' else '-L'} sh -c '{dd}'"
 
@@ -58,14 +61,14 @@ def run_once(bed: TestBed, how: str, mb: int, seen: set[int]) -> float:
     """MB/s the reader saw."""
     p = bed.popen(
         1,
-        ["sh", "-c", f"{_producer(how, mb)} | python3 -c '{READER}'"],
+        ["sh", "-c", f"{_producer(how, mb)} | python3 -c '{READER}' {how}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         assert p.stdin is not None
-        if how != "pipe":
+        if how in ("home", "migrated"):
             pid = _job_pid(bed, seen)
             if how == "migrated":
                 r = bed.exec(1, ["migrate", str(pid), NODE2], timeout_s=120)
@@ -92,7 +95,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cpus-per-node", type=int, default=1)
     args = ap.parse_args()
-    hows = ["pipe", "home", "migrated"]
+    hows = ["pipe", "pipe-1m", "home", "migrated"]
     runs: dict[str, list[float]] = {h: [] for h in hows}
     bed = TestBed.up(
         nodes=2,
@@ -105,7 +108,7 @@ def main() -> None:
         bed.wait_converged(30)
         run_once(bed, "home", 8, seen)  # warm-up: caches, the first job's start
         for i in range(args.repeat):
-            for how in hows[i % 3 :] + hows[: i % 3]:
+            for how in hows[i % len(hows) :] + hows[: i % len(hows)]:
                 runs[how].append(run_once(bed, how, args.mb, seen))
             print(
                 f"run {i + 1}: " + ", ".join(f"{h} {runs[h][-1]:.0f} MB/s" for h in hows),
@@ -118,12 +121,14 @@ def main() -> None:
     finally:
         bed.down()
     pipe = statistics.median(runs["pipe"])
+    pipe_1m = statistics.median(runs["pipe-1m"])
     rows = [
         {
             "path": how,
             "mb": args.mb,
             "mb_per_s": statistics.median(runs[how]),
             "ratio_to_pipe": statistics.median(runs[how]) / pipe,
+            "ratio_to_pipe_1m": statistics.median(runs[how]) / pipe_1m,
             "runs": " ".join(f"{x:.0f}" for x in runs[how]),
         }
         for how in hows
@@ -142,9 +147,9 @@ def bar_chart(rows: list[dict[str, object]]) -> str:
     from bench._common import RESULTS
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = ["plain pipe", "mosrun -h", "mosrun, job on node2"]
+    labels = ["plain pipe", "pipe, 1 MiB", "mosrun -h", "mosrun,\njob on node2"]
     values = [float(str(r["mb_per_s"])) for r in rows]
-    bars = ax.bar(labels, values, color=["#888", "#3a7", "#37a"])
+    bars = ax.bar(labels, values, color=["#888", "#aaa", "#3a7", "#37a"])
     for bar, r in zip(bars, rows, strict=True):
         ax.annotate(
             f"{float(str(r['ratio_to_pipe'])):.2f}x",

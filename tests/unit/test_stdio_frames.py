@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from pymosix import malloc
 from pymosix.migration.stdio import (
     CTRL,
     DATA,
@@ -130,3 +131,9 @@ def test_control_messages_round_trip_and_are_bounded() -> None:
         data_head(1, MAX_DATA + 1)
     with pytest.raises(ValueError, match="DATA frame holds"):
         data_head(1, 0)
+
+
+def test_the_agents_heap_keeps_megabyte_buffers() -> None:
+    """glibc (this machine's C library) takes the thresholds: relayed megabytes are not mapped
+    and faulted in afresh each time (pymosix/malloc.py)."""
+    assert malloc.tune() is True
