@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import balance, freeze_time, gossip_cost
+from bench import balance, freeze_time, gossip_cost, stdio
 
-for mod in (gossip_cost, freeze_time, balance):
+for mod in (gossip_cost, freeze_time, balance, stdio):
     print(f"\n=== {mod.__name__} ===", flush=True)
     sys.argv = [mod.__name__]
     mod.main()

@@ -6,6 +6,9 @@
   a bug): `unseal` and then every payload decoder (hello, bye, load), DecodeError only.
 - ``control``: one line on the control socket: `parse_request`, PymosixError only, and through a
   real ControlConnection (line framing, size cap) every few inputs.
+- ``stdio``: what follows a `run` reply on the control socket, both ways (mosrun's stdin and
+  signals to the agent, the job's output and exit to mosrun): the frame reader of
+  migration/stdio.py and its control-message parser, StdioError only.
 - ``images``: the FILE frames of an incoming image (msgpack, as the channel hands them over) into
   the target's `ImageReceiver`: ImageError only, and nothing written outside its directory.
 
@@ -34,6 +37,16 @@ from pymosix.control_server import ControlConnection, PeerCred, parse_request
 from pymosix.errors import AuthError, DecodeError, PymosixError
 from pymosix.load.gossip import LoadEntry
 from pymosix.migration.images import ImageError, ImageReceiver
+from pymosix.migration.stdio import (
+    CTRL,
+    TO_AGENT,
+    TO_MOSRUN,
+    FrameReader,
+    StdioError,
+    ctrl_frame,
+    data_head,
+    parse_ctrl,
+)
 from pymosix.wire.envelope import TAG_BYTES, Envelope, Kind, seal, unseal
 from pymosix.wire.messages import Hello
 
@@ -198,6 +211,32 @@ def control_stream(data: bytes) -> bool:
     return _loops[0].run_until_complete(_stream(data))
 
 
+STDIO_SEEDS = [
+    data_head(0, 5) + b"hello" + ctrl_frame({"t": "eof"}),
+    ctrl_frame({"t": "sig", "n": 15}) + ctrl_frame({"t": "sig", "n": 2}),
+    data_head(1, 3) + b"out" + data_head(2, 3) + b"err" + ctrl_frame({"t": "moved", "node": 2}),
+    ctrl_frame({"t": "exit", "code": None, "signal": 9}),
+    b'{"t":"in","d":"aGk="}\n',
+]
+STDIO_TOKENS = [b"\x01\x00", b"\x02\x00", b"\x00\x10\x00\x00", b"\xff\xff\xff\xff", b'{"t":']
+
+
+def stdio(data: bytes) -> bool:
+    """The bytes as a stream each way, in pieces of a few sizes: StdioError only."""
+    accepted = False
+    for fds in (TO_AGENT, TO_MOSRUN):
+        reader = FrameReader(fds)
+        try:
+            for at in range(0, len(data), 7):
+                for kind, _fd, payload in reader.feed(data[at : at + 7]):
+                    if kind == CTRL:
+                        parse_ctrl(payload)
+                    accepted = True
+        except StdioError:
+            continue
+    return accepted
+
+
 _IMAGE_ROOT: list[Path] = []
 
 
@@ -254,4 +293,5 @@ TARGETS: dict[str, tuple[Target, list[bytes], list[bytes]]] = {
     "control": (control, CONTROL_SEEDS, TOKENS),
     "control-stream": (control_stream, [b"".join(CONTROL_SEEDS), *CONTROL_SEEDS], TOKENS),
     "images": (images, IMAGE_SEEDS, IMAGE_TOKENS),
+    "stdio": (stdio, STDIO_SEEDS, STDIO_TOKENS),
 }

@@ -1,4 +1,5 @@
-"""The agent's side of the control socket: JSON lines, one handler per op.
+"""The agent's side of the control socket: JSON lines, one handler per op (a job's stdio, once
+`run` is answered, travels in binary frames: migration/stdio.py).
 
 Components register ops; a handler gets the request and the connection and returns the reply
 (``ok`` is added). A streaming handler (mosrun's deputy) keeps using the connection and returns
@@ -33,7 +34,8 @@ from pymosix.errors import PymosixError
 
 log = logging.getLogger(__name__)
 
-#: A request line longer than this is refused (mosrun's stdin chunks of 64 KiB fit, as base64).
+#: A request line longer than this is refused (a run request carries the caller's environment;
+#: mosrun's stdio, once the job runs, is framed apart: migration/stdio.py).
 MAX_REQUEST_BYTES = 256 * 1024
 #: Deepest nesting of arrays and objects in a request (real ones have 2 or 3).
 MAX_DEPTH = 16
@@ -135,12 +137,13 @@ def parse_request(line: bytes) -> dict[str, Any]:
         raise PymosixError("request is not valid JSON") from None
     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
         raise PymosixError('request must be a JSON object with a string "op"')
-    if _depth(req) > MAX_DEPTH:
+    if json_depth(req) > MAX_DEPTH:
         raise PymosixError(f"request nested too deeply (over {MAX_DEPTH} levels)")
     return req
 
 
-def _depth(obj: Any) -> int:
+def json_depth(obj: Any) -> int:
+    """How deeply arrays and objects nest in `obj` (counting stops past MAX_DEPTH)."""
     deepest, stack = 0, [(obj, 1)]
     while stack:
         item, d = stack.pop()

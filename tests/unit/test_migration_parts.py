@@ -14,7 +14,7 @@ from pymosix.cli.mosrun import exit_status, parse_args, request
 from pymosix.control_server import ControlConnection, ControlServer
 from pymosix.errors import PymosixError
 from pymosix.migration.lifecycle import JobMeta
-from pymosix.migration.link import Frame, LocalLink
+from pymosix.migration.link import LOCAL_HIGH, Frame, LocalLink
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,22 @@ def test_exit_status_like_a_shell() -> None:
 def test_job_meta_round_trip() -> None:
     meta = JobMeta(123, 0x640B, 1000, ["perl", "x"], 1.5, 2, True, [0x640B, 0x640C])
     assert JobMeta.from_wire(meta.to_wire()) == meta
+
+
+async def test_a_local_link_holds_its_sender_back_past_its_bound() -> None:
+    """A slow reader at home (mosrun) must not make the agent queue the job's output unbounded."""
+    a, b = LocalLink.pair()
+    chunk = b"x" * (256 * 1024)
+    for _ in range(LOCAL_HIGH // len(chunk)):
+        await asyncio.wait_for(a.send(Frame.OUT, {"fd": 1, "data": chunk}), 1)
+    blocked = asyncio.ensure_future(a.send(Frame.OUT, {"fd": 1, "data": chunk}))
+    for _ in range(10):  # the loop runs it as far as it can go
+        await asyncio.sleep(0)
+    assert not blocked.done(), "the sender waits while the link holds LOCAL_HIGH bytes"
+    await b.recv()
+    await asyncio.wait_for(blocked, 1)
+    b.close()  # a sender waiting on a closed link is let go
+    await asyncio.wait_for(a.send(Frame.OUT, {"fd": 1, "data": chunk}), 1)
 
 
 async def test_local_link_order_and_close() -> None:

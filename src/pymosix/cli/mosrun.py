@@ -29,9 +29,7 @@ at once with 128+N, and home kills the job.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import selectors
 import signal
@@ -44,6 +42,18 @@ from pymosix.cli._common import node_resolver
 from pymosix.control_client import ControlClient, call
 from pymosix.errors import PymosixError
 from pymosix.ids import HOME, NodeId, describe_node, expand_node_list, resolve_node
+from pymosix.migration.stdio import (
+    CHUNK,
+    CTRL,
+    STDIO_FRAMES,
+    TO_MOSRUN,
+    FrameReader,
+    StdioError,
+    ctrl_frame,
+    data_head,
+    parse_ctrl,
+    widen_output,
+)
 
 #: Signals that end mosrun when they come twice, whatever the job does (see the docstring).
 ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -164,7 +174,8 @@ def exit_status(msg: dict[str, Any]) -> int:
 
 
 class Deputy:
-    """The job's stand-in at home: relays until the job's exit status arrives."""
+    """The job's stand-in at home: relays until the job's exit status arrives. After the `run`
+    reply, the connection carries binary frames (migration/stdio.py), not JSON lines."""
 
     def __init__(self, client: ControlClient) -> None:
         self.client = client
@@ -174,14 +185,21 @@ class Deputy:
         self.sig_r, self.sig_w = os.pipe()
         os.set_blocking(self.sig_w, False)
         os.set_blocking(self.sig_r, False)
-        self.buf = client._buf
+        self.frames = FrameReader(TO_MOSRUN)
+        for fd in (1, 2):
+            widen_output(fd)
+        #: What the agent sent after its reply line, read along with it.
+        self.early = bytes(client._buf)
         #: The first ending signal forwarded (a second one ends mosrun).
         self.ending: int | None = None
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def _send(self, frame: bytes) -> None:
         # If the agent already closed, what it said before closing is still to be read.
         with contextlib.suppress(BrokenPipeError, ConnectionError):
-            self.sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+            self.sock.sendall(frame)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self._send(ctrl_frame(msg))
 
     def run(self) -> int:
         for sig in FORWARDED:
@@ -195,24 +213,17 @@ class Deputy:
         except (ValueError, OSError, PermissionError):
             stdin_open = False
             self.send({"t": "eof"})
-        while True:
-            code = self._handle_buffered()
-            if code is not None:
-                return code
+        code = self._received(self.early)
+        while code is None:
             for key, _ in self.sel.select():
                 if key.data == "sock":
-                    chunk = self.sock.recv(65536)
-                    if not chunk:
-                        print(
-                            "mosrun: the agent went away; the job's fate is unknown",
-                            file=sys.stderr,
-                        )
-                        return 255
-                    self.buf += chunk
+                    code = self._from_agent()
+                    if code is not None:
+                        return code
                 elif key.data == "stdin" and stdin_open:
-                    data = os.read(0, 65536)
+                    data = os.read(0, CHUNK)
                     if data:
-                        self.send({"t": "in", "d": base64.b64encode(data).decode()})
+                        self._send(data_head(0, len(data)) + data)
                     else:
                         self.sel.unregister(0)
                         stdin_open = False
@@ -222,6 +233,33 @@ class Deputy:
                         if b in ENDING and self.ending is not None:
                             return self._give_up(b)
                         self._signal(b)
+        return code
+
+    def _from_agent(self) -> int | None:
+        """Read what the agent sent (into the frame buffer, no copy) and act on it."""
+        try:
+            space = self.frames.space()
+            n = self.sock.recv_into(space)
+        except ConnectionError:
+            n = 0
+        if not n:
+            print("mosrun: the agent went away; the job's fate is unknown", file=sys.stderr)
+            return 255
+        self.frames.filled(n)
+        return self._handle()
+
+    def _received(self, data: bytes) -> int | None:
+        view = memoryview(data)
+        while view:
+            space = self.frames.space()
+            n = min(len(space), len(view))
+            space[:n] = view[:n]
+            view = view[n:]
+            self.frames.filled(n)
+            code = self._handle()
+            if code is not None:
+                return code
+        return None
 
     def _give_up(self, sig: int) -> int:
         """mosrun ends on a signal the job outlived: closing the connection kills the job."""
@@ -238,28 +276,38 @@ class Deputy:
             os.kill(os.getpid(), signal.SIGTSTP)
             signal.signal(signal.SIGTSTP, lambda *_: None)
 
-    def _handle_buffered(self) -> int | None:
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            msg = json.loads(line)
-            t = msg.get("t")
-            if t == "out":
-                fd = 2 if msg.get("fd") == 2 else 1
-                data = base64.b64decode(msg["d"])
-                try:
-                    while data:
-                        n = os.write(fd, data)
-                        data = data[n:]
-                except BrokenPipeError:
-                    pass
-            elif t == "exit":
-                return exit_status(msg)
-            elif t == "error":
-                print(f"mosrun: {msg.get('message')}", file=sys.stderr)
-            elif msg.get("ok") is False:
-                print(f"mosrun: {msg.get('error')}", file=sys.stderr)
-                return 1
+    def _handle(self) -> int | None:
+        """Act on the whole frames buffered: output written out, control messages obeyed."""
+        try:
+            for kind, fd, payload in self.frames.frames():
+                if kind != CTRL:
+                    _write_all(fd, payload)
+                    continue
+                code = self._control(parse_ctrl(payload))
+                if code is not None:
+                    return code
+        except StdioError as e:
+            print(f"mosrun: the agent sent a bad frame ({e}); the job is killed", file=sys.stderr)
+            return 255
         return None
+
+    def _control(self, msg: dict[str, Any]) -> int | None:
+        t = msg.get("t")
+        if t == "exit":
+            return exit_status(msg)
+        if t == "error":
+            print(f"mosrun: {msg.get('message')}", file=sys.stderr)
+        return None
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """All of it, blocking: a slow reader of mosrun's output holds the job back (a pipe would)."""
+    try:
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+    except BrokenPipeError:
+        pass
 
 
 def placement_problem(o: Options, loads: list[dict[str, Any]]) -> str | None:
@@ -298,6 +346,10 @@ def run(args: list[str]) -> int:
         started = client.receive()
         if not started.get("ok"):
             raise PymosixError(str(started.get("error")))
+        if started.get("stdio") != STDIO_FRAMES:
+            # The job runs, but its stdio would be unreadable: end it (closing kills it).
+            client.sock.close()
+            raise PymosixError("the agent is older than this mosrun: restart it (pymosix node)")
     except PymosixError as e:
         print(f"mosrun: {e}", file=sys.stderr)
         return 1

@@ -95,7 +95,10 @@ def main(argv: list[str]) -> int:
     if config.map_file is not None:
         load_map(config.map_file)  # a bad map is one line now, not after the sockets are open
     setup_logging(config.log_level, log_file)
+    from pymosix import malloc
     from pymosix.node import build_agent
+
+    malloc.tune()
 
     try:
         agent = build_agent(config)

@@ -52,6 +52,7 @@ from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
+from pymosix.migration.stdio import STDIO_FRAMES, stdio_pipes
 from pymosix.refusals import Refusals
 
 if TYPE_CHECKING:
@@ -312,9 +313,7 @@ class MigrationEngine:
             umask=_umask_of(conn.peer.pid),
             nice=_nice_of(conn.peer.pid),
         )
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()
         try:
             pid = await start_job(spec, in_r, out_w, err_w)
         except SpawnError as e:
@@ -333,26 +332,19 @@ class MigrationEngine:
         self.home_jobs[home_pid] = home
         self._add_hosted(hosted)
         log.info("job %d started for uid %d: %s", home_pid, conn.peer.uid, " ".join(argv)[:200])
-        await conn.send(
-            {"ok": True, "t": "started", "home_pid": home_pid, "node": self.agent.node_id}
-        )
+        # The last JSON line on this connection: stdio frames follow (migration/stdio.py).
+        started = {"t": "started", "home_pid": home_pid, "node": self.agent.node_id}
+        await conn.send({"ok": True, **started, "stdio": STDIO_FRAMES})
         serving = asyncio.create_task(home.serve())
         target = await self._initial_target(req, meta)
         if target is not None and target != self.agent.node_id:
             try:
                 await home.move(target)
             except MigrationError as e:
-                if req.get("fallback"):
-                    await conn.send(
-                        {
-                            "t": "error",
-                            "message": f"could not start on node {target} ({e}); running at home",
-                        }
-                    )
-                else:
-                    await conn.send(
-                        {"t": "error", "message": f"could not start on node {target}: {e}"}
-                    )
+                fallback = bool(req.get("fallback"))
+                how = f" ({e}); running at home" if fallback else f": {e}"
+                await home.tell({"t": "error", "message": f"could not start on node {target}{how}"})
+                if not fallback:
                     await home.to_host(Frame.KILL, {})
         await serving
         return None
@@ -821,9 +813,7 @@ class MigrationEngine:
     async def _restore(
         self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool
     ) -> HostedJob:
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()
         inherit = {in_r: keys[0], out_w: keys[1]}
         if keys[2] != keys[1]:
             inherit[err_w] = keys[2]

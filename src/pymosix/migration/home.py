@@ -1,12 +1,11 @@
 """A job as its home node holds it: the deputy's side. mosrun's connection on one end, a link to
-wherever the job runs on the other; stdin, signals and the exit status pass through here."""
+wherever the job runs on the other; stdin, signals and the exit status pass through here, in
+binary frames on mosrun's side (migration/stdio.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -18,6 +17,18 @@ from pymosix.ids import format_node_id
 from pymosix.migration.faults import Faults
 from pymosix.migration.lifecycle import Arbiter, JobMeta, S
 from pymosix.migration.link import Frame, Link
+from pymosix.migration.stdio import (
+    DATA,
+    HEAD,
+    MAX_DATA,
+    TO_AGENT,
+    StdioError,
+    ctrl_frame,
+    data_head,
+    parse_ctrl,
+    parse_head,
+    widen_socket,
+)
 
 
 class HomeEngine(Protocol):
@@ -70,6 +81,7 @@ class HomeJob:
 
     async def serve(self) -> None:
         """Relay until the job exits, or until mosrun goes (then the job is killed, wherever)."""
+        widen_socket(self.conn.writer)
         from_user = asyncio.create_task(self._from_user())
         from_host = asyncio.create_task(self._from_host())
         beats = asyncio.create_task(self._beats())
@@ -105,32 +117,56 @@ class HomeJob:
             if kind != Frame.KILL:
                 self.held.append((kind, payload))
 
-    async def _to_user(self, msg: dict[str, Any]) -> None:
+    async def tell(self, msg: dict[str, Any]) -> None:
+        """A control message to mosrun (exit, error, moved)."""
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.conn.send(msg)
+            self.conn.writer.write(ctrl_frame(msg))
+            await self.conn.writer.drain()
+
+    async def _to_user_data(self, fd: int, data: bytes | memoryview) -> None:
+        """The job's output to mosrun as it came, no copy; drain() is the backpressure: a slow
+        reader stops this relay, then the link, then the host's reads of the job's pipes."""
+        view = memoryview(data)
+        writer = self.conn.writer
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for at in range(0, len(view), MAX_DATA):
+                piece = view[at : at + MAX_DATA]
+                writer.write(data_head(fd, len(piece)))
+                writer.write(piece)
+            await writer.drain()
 
     async def _from_user(self) -> None:
+        reader = self.conn.reader
         while True:
             try:
-                line = await self.conn.reader.readline()
+                kind, _fd, size = parse_head(await reader.readexactly(HEAD.size), TO_AGENT)
+                payload = await reader.readexactly(size)
+                if kind == DATA:
+                    await self.to_host(Frame.IN, {"data": payload})
+                    continue
+                msg = parse_ctrl(payload)
+            except asyncio.IncompleteReadError as e:
+                if e.partial:
+                    log.warning("job %d: mosrun left in mid-frame", self.meta.home_pid)
+                return
             except (ConnectionError, ValueError):
                 return
-            if not line:
+            except StdioError as e:
+                # One line to whoever sent it, and the connection ends (which ends the job).
+                log.warning("job %d: bad frame from mosrun: %s", self.meta.home_pid, e)
+                await self.tell({"t": "error", "message": str(e)})
                 return
-            try:
-                msg = json.loads(line)
-                kind = msg["t"]
-                if kind == "in":
-                    await self.to_host(Frame.IN, {"data": base64.b64decode(msg["d"])})
-                elif kind == "eof":
-                    await self.to_host(Frame.EOF, {})
-                elif kind == "sig":
-                    sig = int(msg["n"])
-                    if sig not in signal.valid_signals():
-                        raise ValueError(sig)
+            kind_t = msg["t"]
+            if kind_t == "eof":
+                await self.to_host(Frame.EOF, {})
+            elif kind_t == "sig":
+                sig = msg.get("n")
+                if isinstance(sig, int) and sig in signal.valid_signals():
                     await self.to_host(Frame.SIGNAL, {"sig": sig})
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("job %d: bad message from mosrun ignored: %s", self.meta.home_pid, e)
+                else:
+                    log.warning("job %d: mosrun sent no valid signal: %r", self.meta.home_pid, sig)
+            else:
+                log.warning("job %d: unknown message from mosrun ignored", self.meta.home_pid)
 
     async def _beats(self) -> None:
         while True:
@@ -146,8 +182,8 @@ class HomeJob:
         if self.pending_move:
             self.arbiter.ask(self.pending_move)
         self.state = "lost"
-        await self._to_user({"t": "error", "message": f"job lost with node {node}"})
-        await self._to_user({"t": "exit", "code": LOST_STATUS, "signal": None})
+        await self.tell({"t": "error", "message": f"job lost with node {node}"})
+        await self.tell({"t": "exit", "code": LOST_STATUS, "signal": None})
         self._exited.set()
 
     async def _from_host(self) -> None:
@@ -181,17 +217,11 @@ class HomeJob:
                         await link.send(Frame.VERDICT, {"move": move, "committed": committed})
                 continue
             if kind == Frame.OUT:
-                await self._to_user(
-                    {
-                        "t": "out",
-                        "fd": int(p["fd"]),
-                        "d": base64.b64encode(bytes(p["data"])).decode(),
-                    }
-                )
+                await self._to_user_data(2 if p.get("fd") == 2 else 1, p["data"])
             elif kind == Frame.EXIT:
                 self.exit = p
                 self.state = "exited"
-                await self._to_user({"t": "exit", "code": p.get("code"), "signal": p.get("signal")})
+                await self.tell({"t": "exit", "code": p.get("code"), "signal": p.get("signal")})
                 self._exited.set()
                 return
             elif kind == Frame.STATS:
@@ -245,7 +275,7 @@ class HomeJob:
             self.meta.migrations += 1
             if self.move_result is not None and not self.move_result.done():
                 self.move_result.set_result({"ok": True, "node": node})
-            await self._to_user({"t": "moved", "node": node})
+            await self.tell({"t": "moved", "node": node})
         return True
 
     async def move(self, target: int) -> int:

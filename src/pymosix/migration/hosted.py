@@ -39,6 +39,7 @@ from pymosix.migration.link import Frame, Link
 from pymosix.migration.moves import CannotMove, MoveStats, Refused
 from pymosix.migration.needs import gather
 from pymosix.migration.pages import page_socketpair, relay_pages
+from pymosix.migration.stdio import CHUNK as STDIO_CHUNK
 
 
 class _Agent(Protocol):
@@ -70,7 +71,12 @@ __all__ = ["HostEngine", "HostedJob", "JobMeta", "close_channel"]
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
+#: One read of a job's output pipe (they are widened to hold more: migration/stdio.py).
+CHUNK = STDIO_CHUNK
+#: Bytes of the job's output queued for home before its pipes are left unread (then the job
+#: blocks on its writes, as with any pipe), and the level at which reading starts again.
+OUT_HIGH = 4 * 1024 * 1024
+OUT_LOW = OUT_HIGH // 2
 #: Beats to home; a home silent this long is gone: the job is killed (it would be an orphan).
 BEAT_S = 1.0
 HOME_SILENT_S = 10.0
@@ -159,7 +165,14 @@ class HostedJob:
     _paused_ack: asyncio.Event = field(default_factory=asyncio.Event)
     _flush_ack: asyncio.Event = field(default_factory=asyncio.Event)
     _outq: asyncio.Queue[tuple[int, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
+    #: Output bytes in _outq; whether its pipes should be read (not while frozen), and whether
+    #: reading waits for home to take what is queued (backpressure); pipes at their end.
+    _out_bytes: int = 0
+    _out_wanted: bool = False
+    _out_held: bool = False
+    _out_ended: set[int] = field(default_factory=set)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _receiving: asyncio.Task[None] | None = None
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
@@ -182,9 +195,10 @@ class HostedJob:
         self._watch_output()
         self._pidfd = os.pidfd_open(self.pid)
         loop.add_reader(self._pidfd, self._on_exit)
+        self._receiving = asyncio.create_task(self._receiver())
         self._tasks = [
             asyncio.create_task(self._sender()),
-            asyncio.create_task(self._receiver()),
+            self._receiving,
             asyncio.create_task(self._stdin_writer()),
             asyncio.create_task(self._stats()),
             asyncio.create_task(self._beats()),
@@ -193,11 +207,21 @@ class HostedJob:
             self._in_ready.set()
 
     def _watch_output(self) -> None:
-        loop = asyncio.get_running_loop()
-        for job_fd, fd in self.out_fds.items():
-            loop.add_reader(fd, self._on_output, job_fd, fd)
+        self._out_wanted = True
+        if not self._out_held:
+            self._add_output_readers()
 
     def _unwatch_output(self) -> None:
+        self._out_wanted = False
+        self._remove_output_readers()
+
+    def _add_output_readers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for job_fd, fd in self.out_fds.items():
+            if fd not in self._out_ended:
+                loop.add_reader(fd, self._on_output, job_fd, fd)
+
+    def _remove_output_readers(self) -> None:
         loop = asyncio.get_running_loop()
         for fd in self.out_fds.values():
             loop.remove_reader(fd)
@@ -210,9 +234,24 @@ class HostedJob:
         except OSError:
             data = b""
         if not data:
+            self._out_ended.add(fd)
             asyncio.get_running_loop().remove_reader(fd)
             return
+        self._queue_out(job_fd, data)
+
+    def _queue_out(self, job_fd: int, data: bytes) -> None:
         self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+        self._out_bytes += len(data)
+        if self._out_bytes >= OUT_HIGH and not self._out_held:
+            self._out_held = True
+            self._remove_output_readers()
+
+    def _sent_out(self, size: int) -> None:
+        self._out_bytes -= size
+        if self._out_held and self._out_bytes <= OUT_LOW:
+            self._out_held = False
+            if self._out_wanted:
+                self._add_output_readers()
 
     async def _sender(self) -> None:
         """All frames home go through one queue, so their order is the order they were made."""
@@ -221,8 +260,20 @@ class HostedJob:
                 await self.link.send(*item)
             except EOFError:
                 return
+            if item[0] == Frame.OUT:
+                self._sent_out(len(item[1]["data"]))
         # None: nothing more will come from here (the job exited or moved on).
-        self.link.close()
+        if self.state != "exited":
+            self.link.close()  # moved: home had all of its output before the move committed
+            return
+        # Exited: its last output and its exit status may still be on their way; the link ends
+        # once home has them (and home's frames are read here alone, to be dropped).
+        receiving = self._receiving
+        if receiving is not None and receiving is not asyncio.current_task():
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+        await self.link.end()
 
     async def _beats(self) -> None:
         """Home hears the node is alive even when the job says nothing (home.DEAD_AFTER_S)."""
@@ -350,7 +401,7 @@ class HostedJob:
         for job_fd, fd in self.out_fds.items():
             data = _read_all(fd)
             if data:
-                self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+                self._queue_out(job_fd, data)
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGKILL and self.killed_by is not None:
@@ -523,7 +574,7 @@ class HostedJob:
             for job_fd, fd in self.out_fds.items():
                 data = _read_all(fd)
                 if data:
-                    self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+                    self._queue_out(job_fd, data)
             self._flush_ack.clear()
             self._outq.put_nowait((Frame.FLUSHED, {}))
             await asyncio.wait_for(self._flush_ack.wait(), 10)

@@ -23,6 +23,7 @@ import asyncio
 from enum import IntEnum
 from typing import Any, Protocol
 
+from pymosix.errors import PymosixError
 from pymosix.migration.channel import Channel
 
 
@@ -69,42 +70,82 @@ class Link(Protocol):
 
     def close(self) -> None: ...
 
+    async def end(self) -> None:
+        """Close once the peer has had everything sent (the last word of a job)."""
+
+
+#: Bytes a home-host channel buffers before its sender waits (a few output frames).
+LINK_BUFFER = 2 * 1024 * 1024
+#: How long a job's last frames may take to reach home before its host closes the link anyway.
+LINGER_S = 30.0
+#: Bytes of data a LocalLink holds one way before its sender waits (the job runs at home: this
+#: is where a slow mosrun holds the job's output back, as TCP does for a remote host).
+LOCAL_HIGH = 2 * 1024 * 1024
+
+
+def _data_size(item: tuple[int, dict[str, Any]]) -> int:
+    data = item[1].get("data")
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+
+
+class _Lane:
+    """One direction of a LocalLink: its frames, and how many bytes of data they carry."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        self.bytes = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.closed = False
+
+    def shut(self) -> None:
+        self.closed = True
+        self.room.set()
+        self.queue.put_nowait(None)
+
 
 class LocalLink:
     """One end of an in-process link; `pair()` makes both ends."""
 
-    def __init__(
-        self,
-        inbox: asyncio.Queue[tuple[int, dict[str, Any]] | None],
-        outbox: asyncio.Queue[tuple[int, dict[str, Any]] | None],
-    ) -> None:
+    def __init__(self, inbox: _Lane, outbox: _Lane) -> None:
         self._inbox = inbox
         self._outbox = outbox
         self._closed = False
 
     @staticmethod
     def pair() -> tuple[LocalLink, LocalLink]:
-        a: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
-        b: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        a, b = _Lane(), _Lane()
         return LocalLink(a, b), LocalLink(b, a)
 
     async def send(self, kind: int, payload: dict[str, Any]) -> None:
+        lane = self._outbox
+        while lane.bytes >= LOCAL_HIGH and not lane.closed and not self._closed:
+            lane.room.clear()
+            await lane.room.wait()
         if self._closed:
             raise EOFError("link closed")
-        await self._outbox.put((kind, payload))
+        lane.bytes += _data_size((kind, payload))
+        await lane.queue.put((kind, payload))
 
     async def recv(self) -> tuple[int, dict[str, Any]]:
-        item = await self._inbox.get()
+        lane = self._inbox
+        item = await lane.queue.get()
         if item is None:
-            self._inbox.put_nowait(None)
+            lane.queue.put_nowait(None)
             raise EOFError("link closed")
+        lane.bytes -= _data_size(item)
+        if lane.bytes < LOCAL_HIGH:
+            lane.room.set()
         return item
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._outbox.put_nowait(None)
-            self._inbox.put_nowait(None)
+            self._outbox.shut()
+            self._inbox.shut()
+
+    async def end(self) -> None:
+        self.close()  # what is queued stays readable
 
 
 class ChannelLink:
@@ -112,6 +153,10 @@ class ChannelLink:
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
+        # A job's output goes in frames of up to 1 MiB: room for a few before send() waits, so
+        # that the host is not woken for every 48 KiB that TCP takes (asyncio's default).
+        if channel.stream.transport is not None:
+            channel.stream.transport.set_write_buffer_limits(high=LINK_BUFFER)
 
     async def send(self, kind: int, payload: dict[str, Any]) -> None:
         try:
@@ -124,3 +169,19 @@ class ChannelLink:
 
     def close(self) -> None:
         self.channel.close()
+
+    async def end(self, wait_s: float = LINGER_S) -> None:
+        """Half-close, then read (and drop) until the peer closes too, for at most wait_s.
+        Closing with unread bytes here (a beat from home) makes the kernel reset the connection,
+        and then the peer loses what it had not read yet: the job's last output, its exit."""
+        transport = self.channel.stream.transport
+        try:
+            if transport is not None and not transport.is_closing():
+                transport.write_eof()
+                async with asyncio.timeout(wait_s):
+                    while True:
+                        await self.channel.recv()
+        except (EOFError, TimeoutError, OSError, PymosixError):
+            pass
+        finally:
+            self.channel.close()
