@@ -28,9 +28,10 @@ from pymosix.errors import (
     PymosixError,
 )
 from pymosix.ids import format_node_id
-from pymosix.migration import cputime, procstate
+from pymosix.migration import checkpoint, cputime, procstate
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
+from pymosix.migration.checkpoint import Held
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
@@ -51,7 +52,14 @@ from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
-from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
+from pymosix.migration.spawn import (
+    JobSpec,
+    SpawnError,
+    become_subreaper,
+    groups_of,
+    start_job,
+    umask_of,
+)
 from pymosix.refusals import Refusals
 
 if TYPE_CHECKING:
@@ -87,31 +95,6 @@ def remove_images_of(pids: Iterable[int]) -> None:
     for pid in pids:
         for d in IMAGES_PARENT.glob(f"pymosix-*-{pid}"):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _groups_of(pid: int) -> list[int]:
-    try:
-        line = next(
-            ln
-            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ln.startswith("Groups:")
-        )
-    except (OSError, StopIteration):
-        return []
-    return [int(g) for g in line.split()[1:]]
-
-
-def _umask_of(pid: int) -> int | None:
-    """mosrun's umask, for its job: files the job makes get the user's modes, not root's."""
-    try:
-        line = next(
-            ln
-            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ln.startswith("Umask:")
-        )
-    except (OSError, StopIteration):
-        return None
-    return int(line.split()[1], 8)
 
 
 def _root_only(conn: ControlConnection, what: str) -> None:
@@ -165,7 +148,8 @@ class MigrationEngine:
         #: Protocol messages dropped or delayed on purpose (tests; migration/faults.py).
         self.faults = Faults(agent.config.state_dir / "faults")
         #: Records of the jobs held here, so that a next agent removes what a crash left.
-        self.records = JobRecords(agent.config.state_dir)
+        self.state_dir = agent.config.state_dir
+        self.records = JobRecords(self.state_dir)
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
         self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
@@ -197,6 +181,7 @@ class MigrationEngine:
         become_subreaper()
         self._remove_stale_images()
         self.records.sweep()
+        checkpoint.sweep(self.state_dir)
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
             self.agent.address, self.agent.config.migration_port, frame_length, self._accept
@@ -265,11 +250,15 @@ class MigrationEngine:
             if self.load is not None:
                 self.load.job_moved(-1)
 
+    async def recover(self, job: HomeJob, held: Held) -> tuple[Link, int]:
+        """Restore a job whose host was lost from its checkpoint, here."""
+        return await checkpoint.restore_at_home(self, job, held), self.agent.node_id
+
     def home_gone(self, job: HomeJob) -> None:
         if self.home_jobs.get(job.meta.home_pid) is job:
             del self.home_jobs[job.meta.home_pid]
 
-    def _add_hosted(self, job: HostedJob) -> None:
+    def add_hosted(self, job: HostedJob) -> None:
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
         self.records.record(job.pid, job.meta.home_node, job.meta.home_pid)
         job.start()
@@ -293,6 +282,7 @@ class MigrationEngine:
             started_at=time.time(),
             locked=bool(req.get("lock")),
             allowed_nodes=[int(n) for n in req["nodes"]] if req.get("nodes") else None,
+            checkpoint_s=checkpoint.interval(req.get("checkpoint"), self.agent.config),
         )
         spec = JobSpec(
             argv,
@@ -300,8 +290,8 @@ class MigrationEngine:
             env={str(k): str(v) for k, v in dict(req.get("env") or {}).items()},
             uid=conn.peer.uid,
             gid=conn.peer.gid,
-            groups=_groups_of(conn.peer.pid),
-            umask=_umask_of(conn.peer.pid),
+            groups=groups_of(conn.peer.pid),
+            umask=umask_of(conn.peer.pid),
         )
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -322,7 +312,7 @@ class MigrationEngine:
             self, meta, conn, home_end, self.agent.node_id, user=_user_name(conn.peer.uid)
         )
         self.home_jobs[home_pid] = home
-        self._add_hosted(hosted)
+        self.add_hosted(hosted)
         log.info("job %d started for uid %d: %s", home_pid, conn.peer.uid, " ".join(argv)[:200])
         await conn.send(
             {"ok": True, "t": "started", "home_pid": home_pid, "node": self.agent.node_id}
@@ -692,7 +682,7 @@ class MigrationEngine:
             stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
             spent = cputime.account(meta, stint)
             beats = asyncio.ensure_future(_beat(ch))
-            hosted = await self._restore(
+            hosted = await self.restore_job(
                 meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
             await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
@@ -739,7 +729,7 @@ class MigrationEngine:
                 await ch.send(Frame.FAILED, {"error": f"restored, but {error}"})
             return False
         procstate.resume(hosted.pid, {int(x) for x in done.get("stopped") or []})
-        self._add_hosted(hosted)
+        self.add_hosted(hosted)
         moved(None)
         if await self.faults.passes("RESTORED"):
             with contextlib.suppress(OSError, EOFError):
@@ -825,7 +815,7 @@ class MigrationEngine:
         finally:
             receiver.close()
 
-    async def _restore(
+    async def restore_job(
         self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool
     ) -> HostedJob:
         in_r, in_w = os.pipe()

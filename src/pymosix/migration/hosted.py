@@ -29,7 +29,7 @@ import psutil
 from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import format_node_id
 from pymosix.keys import KeyRing
-from pymosix.migration import cputime, procstate
+from pymosix.migration import checkpoint, cputime, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.criu import CriuDriver, resume_dumped
@@ -160,6 +160,7 @@ class HostedJob:
     _flush_ack: asyncio.Event = field(default_factory=asyncio.Event)
     _outq: asyncio.Queue[tuple[int, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
@@ -189,6 +190,8 @@ class HostedJob:
             asyncio.create_task(self._stats()),
             asyncio.create_task(self._beats()),
         ]
+        if self.meta.checkpoint_s > 0:
+            self._tasks.append(asyncio.create_task(checkpoint.keep(self)))
         if self.pending_in:
             self._in_ready.set()
 
@@ -221,8 +224,32 @@ class HostedJob:
                 await self.link.send(*item)
             except EOFError:
                 return
+            self._sent.set()
         # None: nothing more will come from here (the job exited or moved on).
         self.link.close()
+
+    def flush_output(self, then: tuple[int, dict[str, Any]] | None = None) -> None:
+        """What the job wrote so far goes home now, and `then` right behind it (the job is
+        frozen or gone: nothing it writes can come between)."""
+        for job_fd, fd in self.out_fds.items():
+            if data := _read_all(fd):
+                self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+        if then is not None:
+            self._outq.put_nowait(then)
+
+    async def send_home(self, kind: int, payload: dict[str, Any]) -> bool:
+        """Queue a frame home, waiting while many are queued; False once the job is gone."""
+        while self._outq.qsize() > 4 and self.state == "running":
+            self._sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent.wait(), 1.0)
+        if self.state == "running":
+            self._outq.put_nowait((kind, payload))
+        return self.state == "running"
+
+    @property
+    def moving(self) -> asyncio.Lock:  # held during a move or a checkpoint: one dump at a time
+        return self._moving
 
     async def _beats(self) -> None:
         """Home hears the node is alive even when the job says nothing (home.DEAD_AFTER_S)."""
@@ -231,16 +258,25 @@ class HostedJob:
             self._outq.put_nowait((Frame.BEAT, {}))
 
     async def _receiver(self) -> None:
+        fenced: set[int] | None = None  # stopped while home is silent (checkpoint.fence)
         while True:
+            quiet = fenced is None and checkpoint.fences(self)
             try:
                 # Home beats too: silence this long means it is gone (or cut off).
-                kind, p = await asyncio.wait_for(self.link.recv(), HOME_SILENT_S)
-            except (EOFError, TimeoutError):
+                wait = checkpoint.FENCE_S if quiet else HOME_SILENT_S
+                kind, p = await asyncio.wait_for(self.link.recv(), wait)
+            except (EOFError, TimeoutError) as e:
+                if quiet and isinstance(e, TimeoutError) and checkpoint.fences(self):
+                    fenced = checkpoint.fence(self)
+                    continue
                 if self.state == "running":
                     # Home is gone (mosrun died with its node): no orphans.
                     log.warning("job %d lost its home; killing it", self.meta.home_pid)
                     self.deliver_signal(signal.SIGKILL)
                 return
+            if fenced is not None:
+                checkpoint.unfence(self, fenced)
+                fenced = None
             if kind == Frame.IN:
                 self.pending_in += bytes(p["data"])
                 self._in_ready.set()
@@ -347,10 +383,7 @@ class HostedJob:
             return  # the frozen original of a job that moved: killed on purpose
         self.state = "exited"
         # Whatever the job wrote last goes home before its exit status.
-        for job_fd, fd in self.out_fds.items():
-            data = _read_all(fd)
-            if data:
-                self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+        self.flush_output()
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGKILL and self.killed_by is not None:
@@ -518,12 +551,8 @@ class HostedJob:
             await self._dump(ch, images, target, m)
             m.step(E.FROZEN, time.monotonic())
             t_dumped = time.monotonic()
-            for job_fd, fd in self.out_fds.items():
-                data = _read_all(fd)
-                if data:
-                    self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
             self._flush_ack.clear()
-            self._outq.put_nowait((Frame.FLUSHED, {}))
+            self.flush_output(then=(Frame.FLUSHED, {}))
             await asyncio.wait_for(self._flush_ack.wait(), 10)
             leftover = _read_available(self.stdin_r)
             t_flushed = time.monotonic()
