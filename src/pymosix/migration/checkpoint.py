@@ -147,8 +147,10 @@ async def take(job: HostedJob) -> bool:
             resume_dumped(job.pid, keep_stopped)
         frozen = time.monotonic() - t0
         dump_log.unlink(missing_ok=True)
+        _SENDING.add(id(job))
         sent = await _send_files(job, ckpt, images)
     finally:
+        _SENDING.discard(id(job))
         shutil.rmtree(images, ignore_errors=True)
     if sent:
         log.info(
@@ -175,22 +177,35 @@ async def _send_files(job: HostedJob, ckpt: str, images: Path) -> bool:
     return await job.send_home(Frame.CKPT_DONE, {"id": ckpt, "ok": True})
 
 
+#: Jobs (by id()) whose checkpoint is past its dump: their move lock does not keep them running.
+_SENDING: set[int] = set()
+
+
 def fences(job: HostedJob) -> bool:
     """Whether the host stops this job when home goes silent: a guest home may restore from a
-    checkpoint (a copy home gave up must not run on), not during a move or dump (their own
-    deadlines and rollbacks hold)."""
+    checkpoint (a copy home gave up must not run on); not while it is dumped for a move or a
+    checkpoint (those resume it themselves, and a move has its own deadlines)."""
     return (
         job.meta.checkpoint_s > 0
         and job.meta.home_node != job.engine.agent.node_id
-        and not job.moving.locked()
         and job.state == "running"
+        and (not job.moving.locked() or id(job) in _SENDING)
     )
 
 
-def unfence(job: HostedJob, stopped: set[int]) -> None:
-    """Home spoke again (it had not given the host up): the job goes on."""
-    procstate.resume(job.pid, stopped)
-    log.info("job %d: home heard again: job resumed", job.meta.home_pid)
+async def guard(job: HostedJob) -> None:
+    """Stop the job while home is silent for FENCE_S; resume it if home speaks again (it had
+    not given this host up). The job's receiver kills it after hosted.HOME_SILENT_S."""
+    fenced: set[int] | None = None
+    while job.state == "running":
+        await asyncio.sleep(0.2)
+        silent = time.monotonic() - job.heard >= FENCE_S
+        if fenced is None and silent and fences(job):
+            fenced = fence(job)
+        elif fenced is not None and not silent:
+            procstate.resume(job.pid, fenced)
+            log.info("job %d: home heard again: job resumed", job.meta.home_pid)
+            fenced = None
 
 
 def fence(job: HostedJob) -> set[int]:

@@ -161,6 +161,7 @@ class HostedJob:
     _outq: asyncio.Queue[tuple[int, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
+    heard: float = field(default_factory=time.monotonic)  # last frame from home
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
@@ -191,7 +192,8 @@ class HostedJob:
             asyncio.create_task(self._beats()),
         ]
         if self.meta.checkpoint_s > 0:
-            self._tasks.append(asyncio.create_task(checkpoint.keep(self)))
+            self._tasks += [asyncio.create_task(checkpoint.keep(self))]
+            self._tasks += [asyncio.create_task(checkpoint.guard(self))]
         if self.pending_in:
             self._in_ready.set()
 
@@ -258,25 +260,17 @@ class HostedJob:
             self._outq.put_nowait((Frame.BEAT, {}))
 
     async def _receiver(self) -> None:
-        fenced: set[int] | None = None  # stopped while home is silent (checkpoint.fence)
         while True:
-            quiet = fenced is None and checkpoint.fences(self)
             try:
                 # Home beats too: silence this long means it is gone (or cut off).
-                wait = checkpoint.FENCE_S if quiet else HOME_SILENT_S
-                kind, p = await asyncio.wait_for(self.link.recv(), wait)
-            except (EOFError, TimeoutError) as e:
-                if quiet and isinstance(e, TimeoutError) and checkpoint.fences(self):
-                    fenced = checkpoint.fence(self)
-                    continue
+                kind, p = await asyncio.wait_for(self.link.recv(), HOME_SILENT_S)
+            except (EOFError, TimeoutError):
                 if self.state == "running":
                     # Home is gone (mosrun died with its node): no orphans.
                     log.warning("job %d lost its home; killing it", self.meta.home_pid)
                     self.deliver_signal(signal.SIGKILL)
                 return
-            if fenced is not None:
-                checkpoint.unfence(self, fenced)
-                fenced = None
+            self.heard = time.monotonic()  # checkpoint.guard stops the job when home is silent
             if kind == Frame.IN:
                 self.pending_in += bytes(p["data"])
                 self._in_ready.set()
