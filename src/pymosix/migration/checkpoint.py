@@ -27,21 +27,49 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pymosix.config import RANGES, NodeConfig
 from pymosix.errors import CriuError, MigrationError, PymosixError
 from pymosix.migration import cputime, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
-from pymosix.migration.criu import resume_dumped
+from pymosix.migration.criu import CriuDriver, resume_dumped
 from pymosix.migration.images import ImageError, ImageReceiver
 from pymosix.migration.lifecycle import JobMeta, Keeper
-from pymosix.migration.link import Frame, Link, LocalLink
+from pymosix.migration.link import Frame
 
-if TYPE_CHECKING:
-    from pymosix.migration.engine import MigrationEngine
-    from pymosix.migration.home import HomeJob
-    from pymosix.migration.hosted import HostedJob
+
+class _Node(Protocol):
+    @property
+    def node_id(self) -> int: ...
+
+
+class _HostSide(Protocol):
+    @property
+    def agent(self) -> _Node: ...
+    @property
+    def criu(self) -> CriuDriver: ...
+    @property
+    def image_root(self) -> Path: ...
+
+
+class Guest(Protocol):
+    """What a checkpoint needs of the job on the node running it (hosted.HostedJob), named
+    here so that neither module imports the other's."""
+
+    meta: JobMeta
+    pid: int
+    state: str
+    #: When home was last heard from (monotonic).
+    heard: float
+
+    @property
+    def engine(self) -> _HostSide: ...
+    @property
+    def moving(self) -> asyncio.Lock: ...
+    def flush_output(self, then: tuple[int, dict[str, Any]] | None = None) -> None: ...
+    async def send_home(self, kind: int, payload: dict[str, Any]) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +122,14 @@ class Cursor:
         return out
 
     def rewind(self, offsets: dict[int, int]) -> None:
-        """The job goes on from a checkpoint whose offsets these are."""
-        self.pos = dict(offsets)
+        """The job goes on from a checkpoint whose offsets these are (none: nothing yet)."""
+        self.pos = {fd: offsets.get(fd, 0) for fd in {*offsets, *self.sent}}
 
 
 # --- the host: take one, send it home ----------------------------------------------------------
 
 
-async def keep(job: HostedJob) -> None:
+async def keep(job: Guest) -> None:
     """Every meta.checkpoint_s while the job runs here away from home: a checkpoint home."""
     while job.state == "running":
         await asyncio.sleep(job.meta.checkpoint_s)
@@ -116,7 +144,7 @@ async def keep(job: HostedJob) -> None:
                 log.warning("job %d: no checkpoint this time: %s", job.meta.home_pid, e)
 
 
-async def take(job: HostedJob) -> bool:
+async def take(job: Guest) -> bool:
     """Dump the job (stopped for the dump only) and send the image home; False if it cannot
     be dumped now (cantmove) or the job went meanwhile."""
     why = cantmove(job.pid, criu_version=await job.engine.criu.version())
@@ -163,7 +191,7 @@ async def take(job: HostedJob) -> bool:
     return sent
 
 
-async def _send_files(job: HostedJob, ckpt: str, images: Path) -> bool:
+async def _send_files(job: Guest, ckpt: str, images: Path) -> bool:
     for f in sorted(images.iterdir()):
         if f.name.endswith(".log"):
             continue
@@ -181,7 +209,7 @@ async def _send_files(job: HostedJob, ckpt: str, images: Path) -> bool:
 _SENDING: set[int] = set()
 
 
-def fences(job: HostedJob) -> bool:
+def fences(job: Guest) -> bool:
     """Whether the host stops this job when home goes silent: a guest home may restore from a
     checkpoint (a copy home gave up must not run on); not while it is dumped for a move or a
     checkpoint (those resume it themselves, and a move has its own deadlines)."""
@@ -193,7 +221,7 @@ def fences(job: HostedJob) -> bool:
     )
 
 
-async def guard(job: HostedJob) -> None:
+async def guard(job: Guest) -> None:
     """Stop the job while home is silent for FENCE_S; resume it if home speaks again (it had
     not given this host up). The job's receiver kills it after hosted.HOME_SILENT_S."""
     fenced: set[int] | None = None
@@ -208,7 +236,7 @@ async def guard(job: HostedJob) -> None:
             fenced = None
 
 
-def fence(job: HostedJob) -> set[int]:
+def fence(job: Guest) -> set[int]:
     """Home is silent: stop every process of a checkpointed job, so that it cannot run on while
     home may restore it from its checkpoint; the PIDs (in the job) that were stopped already."""
     already = procstate.stopped_by_job(job.pid)
@@ -334,19 +362,9 @@ def sweep(state_dir: Path) -> None:
     shutil.rmtree(state_dir / SUBDIR, ignore_errors=True)
 
 
-async def restore_at_home(engine: MigrationEngine, home: HomeJob, held: Held) -> Link:
-    """Restore the job from `held` as a job running here; home's end of its new link."""
-    meta = home.meta
+def resume_meta(meta: JobMeta, held: Held) -> dict[int, int]:
+    """The job's CPU account as its checkpoint had it, plus its stint until then; the whole
+    seconds to take off each restored process's RLIMIT_CPU (cputime.carry_limits)."""
     meta.cpu_s, meta.cpu_by_pid = held.meta.cpu_s, dict(held.meta.cpu_by_pid)
     meta.freezes = held.meta.freezes + 1
-    hosted = await engine.restore_job(meta, held.path, held.keys, b"", home.stdin_eof)
-    with contextlib.suppress(OSError):
-        await asyncio.to_thread(
-            cputime.carry_limits, hosted.pid, cputime.account(meta, held.cpu_used)
-        )
-    host_end, home_end = LocalLink.pair()
-    hosted.link = host_end
-    engine.add_hosted(hosted)
-    procstate.resume(hosted.pid, held.stopped)
-    log.info("job %d restored here from checkpoint %s (pid %d)", meta.home_pid, held.id, hosted.pid)
-    return home_end
+    return cputime.account(meta, held.cpu_used)

@@ -251,8 +251,16 @@ class MigrationEngine:
                 self.load.job_moved(-1)
 
     async def recover(self, job: HomeJob, held: Held) -> tuple[Link, int]:
-        """Restore a job whose host was lost from its checkpoint, here."""
-        return await checkpoint.restore_at_home(self, job, held), self.agent.node_id
+        """Restore a job whose host was lost, here, from its checkpoint (checkpoint.py)."""
+        spent = checkpoint.resume_meta(job.meta, held)
+        hosted = await self.restore_job(job.meta, held.path, held.keys, b"", job.stdin_eof)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
+        hosted.link, home_end = LocalLink.pair()
+        self.add_hosted(hosted)
+        procstate.resume(hosted.pid, held.stopped)
+        log.info("job %d restored here from checkpoint %s", job.meta.home_pid, held.id)
+        return home_end, self.agent.node_id
 
     def home_gone(self, job: HomeJob) -> None:
         if self.home_jobs.get(job.meta.home_pid) is job:
