@@ -254,10 +254,10 @@ class MigrationEngine:
         """Restore a job whose host was lost, here, from its checkpoint (checkpoint.py)."""
         spent = checkpoint.resume_meta(job.meta, held)
         hosted = await self.restore_job(job.meta, held.path, held.keys, b"", job.stdin_eof)
+        hosted.link, home_end = LocalLink.pair()
+        self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
         with contextlib.suppress(OSError):
             await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
-        hosted.link, home_end = LocalLink.pair()
-        self.add_hosted(hosted)
         procstate.resume(hosted.pid, held.stopped)
         log.info("job %d restored here from checkpoint %s", job.meta.home_pid, held.id)
         return home_end, self.agent.node_id

@@ -194,7 +194,7 @@ class HostedJob:
         if self.meta.checkpoint_s > 0:
             self._tasks += [asyncio.create_task(checkpoint.keep(self))]
             self._tasks += [asyncio.create_task(checkpoint.guard(self))]
-        if self.pending_in:
+        if self.pending_in or self.stdin_eof:  # a restored job whose stdin had ended
             self._in_ready.set()
 
     def _watch_output(self) -> None:
