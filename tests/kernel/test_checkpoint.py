@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -157,3 +158,49 @@ def test_a_cut_off_host_stops_its_copy_and_never_runs_it_on(
     job.finish()
     ints = _ints(job)
     assert ints == list(range(1, len(ints) + 1))
+
+
+#: Echoes each line of its stdin; exits with status 5 at its end.
+ECHO = "import sys\nfor line in sys.stdin:\n    print(line.strip(), flush=True)\nsys.exit(5)\n"
+
+
+def test_stdin_it_read_since_the_checkpoint_is_read_again_and_each_line_echoed_once(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-ckpt-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["-C", "2", "python3", "-c", ECHO, token], stdin=True)
+    jobs.append(job)
+    stop, written = threading.Event(), [0]
+
+    def feed() -> None:
+        assert job.proc.stdin is not None
+        while not stop.is_set():
+            written[0] += 1
+            job.proc.stdin.write(f"{written[0]}\n".encode())
+            job.proc.stdin.flush()
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        job.counts(2)
+        assert job.migrate("0x640c").returncode == 0
+        wait_until("the guest on node2", lambda: _guest_pids(bed, 2, job.pid) != [], 20)
+        _held_checkpoint(bed, job)
+        last = max(_ints(job))
+        wait_until("input read after the checkpoint", lambda: max(_ints(job)) >= last + 10, 20)
+        _kill_node(bed, 2)
+        wait_until("the job back at home", lambda: job.node() == 0x640B, 30)
+        n = max(_ints(job))
+        wait_until("echoing at home", lambda: max(_ints(job)) >= n + 10, 20)
+    finally:
+        stop.set()
+        feeder.join(timeout=10)
+    assert job.proc.stdin is not None
+    job.proc.stdin.close()
+    assert job.proc.wait(timeout=30) == 5
+    job.finish()
+    ints = _ints(job)
+    assert ints == list(range(1, written[0] + 1)), [(a, b) for a, b in pairwise(ints) if b != a + 1]
+    assert not _copies(token)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pymosix.cli.mosrun import parse_args, request
 from pymosix.config import NodeConfig
 from pymosix.errors import PymosixError
-from pymosix.migration.checkpoint import Cursor, Store, fresh, interval
+from pymosix.migration.checkpoint import Cursor, InputLog, Store, fresh, interval
 from pymosix.migration.lifecycle import JobMeta, Keeper, S
 from pymosix.migration.link import Frame
 
@@ -88,6 +88,30 @@ def test_mosrun_gets_each_byte_once_in_order_whatever_the_chunks(
     assert bytes(got) == stream
 
 
+def test_the_input_log_keeps_what_a_restored_job_must_read_again() -> None:
+    log = InputLog(keep=True, limit=8)
+    assert log.add(b"abc") == 0
+    assert log.add(b"de") == 3
+    assert log.since(1) == b"bcde"
+    log.trim(2)  # a checkpoint whose job had read 2 bytes
+    assert (log.base, log.since(2), log.since(4)) == (2, b"cde", b"e")
+    log.trim(1)  # never back
+    assert log.base == 2
+    assert log.add(b"fghij") == 5
+    assert (log.base, log.since(0)) == (2, b"cdefghij"), "within the limit"
+    log.add(b"k")
+    assert (log.base, log.total, log.since(2)) == (3, 11, b"defghijk"), "the oldest goes"
+    log.trim(99)
+    assert (log.base, log.since(11)) == (11, b"")
+
+
+def test_an_input_log_of_a_job_never_checkpointed_keeps_nothing() -> None:
+    log = InputLog()
+    assert log.add(b"abc") == 0
+    assert log.add(b"d") == 3
+    assert (log.base, log.kept, log.since(0)) == (4, bytearray(), b"")
+
+
 # --- home's store ------------------------------------------------------------------------------
 
 ID_A, ID_B = "a" * 16, "b" * 16
@@ -101,6 +125,7 @@ def _mark(ckpt: str) -> dict[str, Any]:
         "stopped": [3],
         "cpu_used": {"1": 0.25},
         "meta": meta.to_wire(),
+        "stdin_at": 12,
     }
 
 
@@ -133,7 +158,12 @@ def test_a_checkpoint_is_held_once_whole_root_only_with_the_offsets_of_its_mark(
     assert keeper.held == ID_A
     assert held.offsets == {1: 40, 2: 3}
     assert held.keys == {0: "pipe:[1]", 1: "pipe:[2]", 2: "pipe:[3]"}
-    assert (held.stopped, held.cpu_used, held.meta.cpu_s) == ({3}, {1: 0.25}, 1.5)
+    assert (held.stopped, held.cpu_used, held.meta.cpu_s, held.stdin_at) == (
+        {3},
+        {1: 0.25},
+        1.5,
+        12,
+    )
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert stat.S_IMODE(held.path.stat().st_mode) == 0o700
     assert (held.path / "core-1.img").read_bytes() == b"core"

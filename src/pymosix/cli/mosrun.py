@@ -13,8 +13,8 @@ Options (openMosix's mosrun, plus MOSIX's -b):
   -C SECS   while the job runs on another node, that node sends a checkpoint of it here every
             SECS seconds (0: none; default: the node's checkpoint_interval). If that node dies
             or is cut off, the job goes on here from its last checkpoint, at most SECS seconds
-            back: stdout and stderr go on where they were, without a gap or a repeat; files it
-            wrote since then are not rolled back (docs/reliability.md)
+            back: stdin, stdout and stderr go on where they were, without a gap or a repeat;
+            files it wrote since then are not rolled back (docs/reliability.md)
 Job kinds, accepted as openMosix's hints and ignored (pymosix measures what a job does, and
 ages its statistics one way): -c (CPU-bound), -i (I/O-bound), -n, -s, -f (no, slow, fast
 decay), -t TT, -d DEC (decay interval and rate), -e, -E, -r, -R.

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
 import shutil
 import signal
+import struct
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,11 @@ class Guest(Protocol):
     meta: JobMeta
     pid: int
     state: str
+    #: Stdin: home's count of bytes sent up to the last one received here; those not yet in
+    #: the pipe; the agent's read end of the pipe.
+    in_end: int
+    pending_in: bytearray
+    stdin_r: int
     #: When home was last heard from (monotonic).
     heard: float
 
@@ -126,6 +134,44 @@ class Cursor:
         self.pos = {fd: offsets.get(fd, 0) for fd in {*offsets, *self.sent}}
 
 
+@dataclass
+class InputLog:
+    """Stdin home sent to the job, in order: `total` bytes in all, those from `base` on kept
+    (at most `limit`), for a restored job to read again what it read after its checkpoint."""
+
+    keep: bool = False
+    limit: int = 16 << 20
+    total: int = 0
+    base: int = 0
+    kept: bytearray = field(default_factory=bytearray)
+
+    def add(self, data: bytes) -> int:
+        """Log `data`; its first byte's offset in the stream."""
+        at, self.total = self.total, self.total + len(data)
+        if not self.keep:
+            self.base = self.total
+            return at
+        self.kept += data
+        self.trim(self.total - self.limit)
+        return at
+
+    def trim(self, upto: int) -> None:
+        """Bytes before `upto` are needed no more (a checkpoint's job had read them)."""
+        upto = min(upto, self.total)
+        if upto > self.base:
+            del self.kept[: upto - self.base]
+            self.base = upto
+
+    def since(self, at: int) -> bytes:
+        """What was sent from offset `at` on (from `base` if older bytes were dropped)."""
+        return bytes(self.kept[max(0, at - self.base) :])
+
+
+def _unread(fd: int) -> int:
+    """Bytes in a pipe not read yet."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
 # --- the host: take one, send it home ----------------------------------------------------------
 
 
@@ -169,6 +215,8 @@ async def take(job: Guest) -> bool:
                 "stopped": sorted(keep_stopped),
                 "cpu_used": {str(k): v for k, v in cputime.used_by_tree(job.pid).items()},
                 "meta": job.meta.to_wire(),
+                # Where the job is in its stdin: what home sent and it has read.
+                "stdin_at": job.in_end - len(job.pending_in) - _unread(job.stdin_r),
             }
             job.flush_output(then=(Frame.CKPT_MARK, mark))
         finally:
@@ -261,6 +309,8 @@ class Held:
     stopped: set[int]
     cpu_used: dict[int, float]
     meta: JobMeta
+    #: Stdin bytes (home's count) the job had read at the checkpoint.
+    stdin_at: int
     #: When home read its mark (monotonic): the job's state at that moment, give or take a frame.
     taken_at: float
 
@@ -277,6 +327,7 @@ def _parse_mark(p: dict[str, Any], path: Path, offsets: dict[int, int], now: flo
         {int(x) for x in p.get("stopped") or []},
         {int(k): float(v) for k, v in dict(p.get("cpu_used") or {}).items()},
         JobMeta.from_wire(dict(p["meta"])),
+        int(p.get("stdin_at") or 0),
         now,
     )
 

@@ -253,8 +253,9 @@ class MigrationEngine:
     async def recover(self, job: HomeJob, held: Held) -> tuple[Link, int]:
         """Restore a job whose host was lost, here, from its checkpoint (checkpoint.py)."""
         spent = checkpoint.resume_meta(job.meta, held)
-        hosted = await self.restore_job(job.meta, held.path, held.keys, b"", job.stdin_eof)
-        hosted.link, home_end = LocalLink.pair()
+        replay = job.stdin.since(held.stdin_at)  # what it read after the checkpoint, again
+        hosted = await self.restore_job(job.meta, held.path, held.keys, replay, job.stdin_eof)
+        hosted.link, home_end, hosted.in_end = *LocalLink.pair(), job.stdin.total
         self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
         with contextlib.suppress(OSError):
             await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
@@ -694,6 +695,7 @@ class MigrationEngine:
                 meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
             await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
+            hosted.in_end = int(done.get("in_end") or 0)
         except EOFError:
             log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
             moved(MigrationError(f"node {ch.peer_id} gave up sending it"))

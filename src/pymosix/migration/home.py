@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from pymosix.control_server import ControlConnection
 from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import format_node_id
-from pymosix.migration.checkpoint import SUBDIR, Cursor, Held, Store
+from pymosix.migration.checkpoint import SUBDIR, Cursor, Held, InputLog, Store
 from pymosix.migration.faults import Faults
 from pymosix.migration.lifecycle import Arbiter, JobMeta, Keeper, S
 from pymosix.migration.link import Frame, Link
@@ -79,12 +79,15 @@ class HomeJob:
     #: Stdout and stderr bytes relayed to mosrun; bytes a restored job writes again are dropped.
     out: Cursor = field(default_factory=Cursor)
     stdin_eof: bool = False
+    #: Stdin sent, kept back to the held checkpoint's point for a restore (checkpointed jobs).
+    stdin: InputLog = field(default_factory=InputLog)
     _attached: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         root = self.engine.state_dir / SUBDIR / str(self.meta.home_pid)
         self.checkpoints = Store(root, self.engine.max_image_bytes)
+        self.stdin.keep = self.meta.checkpoint_s > 0
 
     async def serve(self) -> None:
         """Relay until the job exits, or until mosrun goes (then the job is killed, wherever)."""
@@ -140,7 +143,8 @@ class HomeJob:
                 msg = json.loads(line)
                 kind = msg["t"]
                 if kind == "in":
-                    await self.to_host(Frame.IN, {"data": base64.b64decode(msg["d"])})
+                    data = base64.b64decode(msg["d"])
+                    await self.to_host(Frame.IN, {"data": data, "at": self.stdin.add(data)})
                 elif kind == "eof":
                     self.stdin_eof = True
                     await self.to_host(Frame.EOF, {})
@@ -167,8 +171,9 @@ class HomeJob:
         held = self.checkpoints.held
         if self.keeper.host_lost(time.monotonic()) != S.RECOVERING or held is None:
             return False
-        lost = format_node_id(self.node)
+        lost, replayed = format_node_id(self.node), self.stdin.total
         try:
+            # The restored job gets the stdin it read since the checkpoint again, up to now.
             self.link, self.node = await self.engine.recover(self, held)
         except (CriuError, MigrationError, OSError, ValueError, KeyError) as e:
             log.error("job %d: no restore from its checkpoint: %s", self.meta.home_pid, e)
@@ -187,6 +192,8 @@ class HomeJob:
         )
         if self.move_result is not None and not self.move_result.done():
             self.move_result.set_result({"ok": False, "error": f"node {lost} was lost"})
+        # Stdin sent before the restore went into the restored job already: not twice.
+        self.held = [(k, p) for k, p in self.held if k != Frame.IN or p["at"] >= replayed]
         await self._release_held(self.link)
         return True
 
@@ -236,6 +243,8 @@ class HomeJob:
                 continue
             if kind in (Frame.CKPT_MARK, Frame.CKPT_FILE, Frame.CKPT_DONE):
                 self.checkpoints.feed(kind, p, self.keeper, self.out.sent)
+                if self.checkpoints.held is not None:
+                    self.stdin.trim(self.checkpoints.held.stdin_at)
                 continue
             if kind == Frame.OUT:
                 fd, raw = int(p["fd"]), bytes(p["data"])

@@ -162,6 +162,7 @@ class HostedJob:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
     heard: float = field(default_factory=time.monotonic)  # last frame from home
+    in_end: int = 0  # stdin: home's count of bytes sent, up to the last IN received
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
@@ -273,6 +274,7 @@ class HostedJob:
             self.heard = time.monotonic()  # checkpoint.guard stops the job when home is silent
             if kind == Frame.IN:
                 self.pending_in += bytes(p["data"])
+                self.in_end = int(p.get("at", self.in_end)) + len(p["data"])
                 self._in_ready.set()
             elif kind == Frame.EOF:
                 self.stdin_eof = True
@@ -705,6 +707,7 @@ class HostedJob:
                 done = {
                     "stdin": stdin,
                     "stdin_eof": self.stdin_eof,
+                    "in_end": self.in_end,
                     "cpu_used": {str(k): v for k, v in cpu_used.items()},
                     "stopped": sorted(keep_stopped),
                 }
