@@ -2,7 +2,8 @@
 
 The node running a job whose home is elsewhere dumps it every `JobMeta.checkpoint_s` seconds
 (criu dump -s, the same dump a move makes, then every process resumed: the job is frozen for the
-dump only) and streams the image home over the job's own link. Home keeps the last complete one
+dump only) and streams the image home over the job's own link. Not --leave-running: criu would
+let the job go on before its pipes are drained, and the offsets below would be a guess. Home keeps the last complete one
 (root's alone: a 0700 directory of 0600 files under its state directory) and, when the host is
 lost, restores the job from it at home (docs/reliability.md, lifecycle.HOME_JOB).
 
@@ -273,6 +274,7 @@ async def guard(job: Guest) -> None:
     """Stop the job while home is silent for FENCE_S; resume it if home speaks again (it had
     not given this host up). The job's receiver kills it after hosted.HOME_SILENT_S."""
     fenced: set[int] | None = None
+    job.heard = time.monotonic()  # a job restored here may have waited long for its commit
     while job.state == "running":
         await asyncio.sleep(0.2)
         silent = time.monotonic() - job.heard >= FENCE_S
