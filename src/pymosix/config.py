@@ -93,6 +93,10 @@ class NodeConfig:
     #: The agent's nice value (its CPU share against its jobs, which run at mosrun's): below 0, a
     #: node full of jobs still answers, gossips and moves them promptly.
     agent_nice: int = -5
+    #: Seconds between checkpoints of this node's jobs while they run on other nodes, sent
+    #: here; if such a node is lost, the job goes on here from its last one (mosrun -C sets it
+    #: per job; docs/reliability.md). 0 is off; 1 to 86400 s.
+    checkpoint_interval: int = 0
     #: DEBUG, INFO, WARNING or ERROR.
     log_level: str = "INFO"
     #: A datagram stamped further than this from this node's clock is refused (and warned about).
@@ -138,6 +142,7 @@ RANGES: dict[str, tuple[int, int, str]] = {
     "control_idle_timeout_ms": (1000, 86_400_000, "ms"),
     "test_clock_offset_ms": (-86_400_000, 86_400_000, "ms"),
     "max_image_mib": (16, 16 * 1024 * 1024, "MiB"),
+    "checkpoint_interval": (0, 86_400, "s"),  # 0: off
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

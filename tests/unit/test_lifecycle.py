@@ -10,12 +10,14 @@ import pytest
 from pymosix.migration.lifecycle import (
     DEADLINES,
     HOME,
+    HOME_JOB,
     RETRY_S,
     SOURCE,
     TARGET,
     Arbiter,
     E,
     IllegalTransition,
+    Keeper,
     Machine,
     S,
 )
@@ -65,11 +67,104 @@ HOME_ROWS = [
     (S.ROLLED_BACK, E.ASK, S.ROLLED_BACK),
 ]
 
+HOME_JOB_ROWS = [
+    (S.RUNNING, E.CKPT_BEGIN, S.CHECKPOINTING),
+    (S.CHECKPOINTING, E.CKPT_BEGIN, S.CHECKPOINTING),
+    (S.CHECKPOINTING, E.CKPT_DONE, S.RUNNING),
+    (S.CHECKPOINTING, E.FAILED, S.RUNNING),
+    (S.RUNNING, E.HOST_LOST, S.LOST),
+    (S.CHECKPOINTING, E.HOST_LOST, S.LOST),
+    (S.RUNNING, E.RECOVER, S.RECOVERING),
+    (S.CHECKPOINTING, E.RECOVER, S.RECOVERING),
+    (S.RECOVERING, E.RESTORED, S.RUNNING),
+    (S.RECOVERING, E.FAILED, S.LOST),
+    (S.RUNNING, E.EXIT, S.EXITED),
+    (S.CHECKPOINTING, E.EXIT, S.EXITED),
+]
+
 
 def test_the_tables_are_exactly_the_rows_listed_here() -> None:
     assert {(a, e): b for a, e, b in SOURCE_ROWS} == dict(SOURCE)
     assert {(a, e): b for a, e, b in TARGET_ROWS} == dict(TARGET)
     assert {(a, e): b for a, e, b in HOME_ROWS} == dict(HOME)
+    assert {(a, e): b for a, e, b in HOME_JOB_ROWS} == dict(HOME_JOB)
+
+
+@pytest.mark.parametrize(("state", "event", "new"), HOME_JOB_ROWS)
+def test_home_job_transition(state: S, event: E, new: S) -> None:
+    m = Machine("home", HOME_JOB, state, 0.0)
+    assert m.step(event, 3.0) == new
+    assert m.history == [(3.0, state, event, new)]
+
+
+def test_home_job_pairs_not_in_the_table_are_refused() -> None:
+    for state in S:
+        for event in E:
+            if (state, event) not in HOME_JOB:
+                m = Machine("home", HOME_JOB, state, 0.0)
+                with pytest.raises(IllegalTransition):
+                    m.step(event, 1.0)
+
+
+def test_a_host_lost_without_a_complete_checkpoint_loses_the_job() -> None:
+    k = Keeper(0.0)
+    assert k.host_lost(1.0) == S.LOST
+    assert not k.may_commit()
+    k = Keeper(0.0)
+    assert k.begin("a", 1.0)  # arriving, never finished: it does not count
+    assert k.state == S.CHECKPOINTING
+    assert k.host_lost(2.0) == S.LOST
+
+
+def test_only_a_finished_checkpoint_is_held_and_a_newer_replaces_it_once_whole() -> None:
+    k = Keeper(0.0)
+    assert k.begin("a", 1.0)
+    assert not k.done("b", 1.5), "the end of another one"
+    assert k.done("a", 2.0)
+    assert (k.state, k.held, k.partial) == (S.RUNNING, "a", None)
+    assert k.begin("b", 3.0)
+    assert k.held == "a", "the previous one stays until the next is whole"
+    k.failed(3.5)
+    assert (k.state, k.held) == (S.RUNNING, "a")
+    assert k.begin("c", 4.0)
+    assert k.begin("d", 4.5), "one broken off by the next"
+    assert not k.done("c", 5.0)
+    assert k.done("d", 5.0)
+    assert k.held == "d"
+
+
+def test_a_host_lost_with_a_checkpoint_recovers_and_no_move_commits_meanwhile() -> None:
+    k = Keeper(0.0)
+    k.begin("a", 1.0)
+    k.done("a", 2.0)
+    k.begin("b", 3.0)
+    assert k.host_lost(4.0) == S.RECOVERING
+    assert k.held == "a"
+    assert k.partial is None
+    assert not k.may_commit(), "a late ATTACH of the old host's move must not commit"
+    assert not k.begin("c", 4.5), "nothing from the lost host counts any more"
+    assert k.recovered(True, 5.0) == S.RUNNING
+    assert k.may_commit(), "the restored job is movable again"
+    assert k.held is None, "its checkpoint is used up"
+    k2 = Keeper(0.0)
+    k2.begin("a", 1.0)
+    k2.done("a", 2.0)
+    k2.host_lost(3.0)
+    assert k2.recovered(False, 4.0) == S.LOST
+
+
+def test_a_job_that_came_home_holds_no_checkpoint_and_an_exit_ends_it() -> None:
+    k = Keeper(0.0)
+    k.begin("a", 1.0)
+    k.done("a", 2.0)
+    k.drop_held()
+    assert k.host_lost(3.0) == S.LOST
+    k = Keeper(0.0)
+    k.begin("a", 1.0)
+    k.exited(2.0)
+    assert k.state == S.EXITED
+    k.exited(3.0)  # twice: harmless
+    assert not k.begin("b", 4.0)
 
 
 @pytest.mark.parametrize(("state", "event", "new"), SOURCE_ROWS)
@@ -274,4 +369,7 @@ def test_no_circle_of_imports_and_the_lifecycle_is_pure() -> None:
     assert "pymosix.migration.engine" not in _imports("hosted")
     assert "pymosix.migration.engine" not in _imports("home")
     assert "pymosix.migration.hosted" not in _imports("home")
+    assert not {f"pymosix.migration.{m}" for m in ("engine", "home", "hosted")} & _imports(
+        "checkpoint"
+    )
     assert not {"asyncio", "socket", "time", "os"} & _imports("lifecycle")

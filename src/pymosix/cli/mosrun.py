@@ -10,6 +10,11 @@ Options (openMosix's mosrun, plus MOSIX's -b):
   -F        with -NODE/-j: if that node is unavailable, run at home instead of failing
   -b        start on the best node now
   -l / -L   unlock / lock against automatic migration;  -k  keep the default
+  -C SECS   while the job runs on another node, that node sends a checkpoint of it here every
+            SECS seconds (0: none; default: the node's checkpoint_interval). If that node dies
+            or is cut off, the job goes on here from its last checkpoint, at most SECS seconds
+            back: stdin, stdout and stderr go on where they were, without a gap or a repeat;
+            files it wrote since then are not rolled back (docs/reliability.md)
 Job kinds, accepted as openMosix's hints and ignored (pymosix measures what a job does, and
 ages its statistics one way): -c (CPU-bound), -i (I/O-bound), -n, -s, -f (no, slow, fast
 decay), -t TT, -d DEC (decay interval and rate), -e, -E, -r, -R.
@@ -21,8 +26,10 @@ address, or runon.
 mosrun relays stdin, stdout and stderr, forwards signals, and exits with the job's status (128+N
 when it died of signal N), wherever the job runs. Killing mosrun kills the job.
 
-Exit status 255: the job is lost (its node vanished: "job lost with node 0x640c", within 5 s
-of its last sign of life), or the agent went away. SIGTERM, SIGINT (Ctrl-C) and SIGHUP always
+Exit status 255: the job is lost (its node vanished and no checkpoint of it was here: "job
+lost with node 0x640c", within 5 s of its last sign of life), or the agent went away. With a
+checkpoint mosrun says instead "node 0x640c lost: the job goes on at home from a checkpoint of
+N s ago", and the job runs on. SIGTERM, SIGINT (Ctrl-C) and SIGHUP always
 end mosrun: the first is forwarded to the job (which may handle it); a second one ends mosrun
 at once with 128+N, and home kills the job.
 """
@@ -79,6 +86,8 @@ class Options:
     fallback: bool = False
     best: bool = False
     lock: bool | None = None  # None: the default for the options given
+    #: -C: seconds between checkpoints while it runs away from home (None: the node's)
+    checkpoint: float | None = None
     #: openMosix job-kind and decay hints given (accepted, not acted on)
     hints: list[str] = field(default_factory=list)
 
@@ -114,6 +123,13 @@ def parse_args(args: list[str], resolve: Resolver = resolve_node) -> Options:
         if a == "--":
             i += 1
             break
+        if a.startswith("-C"):
+            if a == "-C":
+                i += 1
+            value = a[2:] if a != "-C" else (args[i] if i < len(args) else "")
+            o.checkpoint = checkpoint_seconds(value)
+            i += 1
+            continue
         if a in ("--help", "-?"):
             raise SystemExit(print(__doc__) or 0)
         if a == "-h":
@@ -152,6 +168,17 @@ def parse_args(args: list[str], resolve: Resolver = resolve_node) -> Options:
     return o
 
 
+def checkpoint_seconds(value: str) -> float:
+    """-C's value: 0 (none) or 1 to 86400 seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (seconds == 0 or 1 <= seconds <= 86_400):
+        raise PymosixError(f"-C {value}: give seconds between checkpoints, 1 to 86400 (0: none)")
+    return seconds
+
+
 def request(o: Options) -> dict[str, Any]:
     placed = o.home or o.where is not None or o.nodes is not None
     lock = o.lock if o.lock is not None else placed  # -h, -ID, -j lock unless -l (openMosix)
@@ -164,6 +191,7 @@ def request(o: Options) -> dict[str, Any]:
         "fallback": o.fallback,
         "best": o.best and not placed,
         "lock": lock,
+        "checkpoint": o.checkpoint,
     }
 
 
@@ -295,7 +323,7 @@ class Deputy:
         t = msg.get("t")
         if t == "exit":
             return exit_status(msg)
-        if t == "error":
+        if t in ("error", "note"):
             print(f"mosrun: {msg.get('message')}", file=sys.stderr)
         return None
 

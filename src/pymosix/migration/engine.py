@@ -28,9 +28,10 @@ from pymosix.errors import (
     PymosixError,
 )
 from pymosix.ids import format_node_id
-from pymosix.migration import cputime, procstate
+from pymosix.migration import checkpoint, cputime, procstate
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
+from pymosix.migration.checkpoint import Held
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
@@ -51,7 +52,15 @@ from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
-from pymosix.migration.spawn import JobSpec, SpawnError, become_subreaper, start_job
+from pymosix.migration.spawn import (
+    JobSpec,
+    SpawnError,
+    become_subreaper,
+    groups_of,
+    nice_of,
+    start_job,
+    umask_of,
+)
 from pymosix.migration.stdio import STDIO_FRAMES, stdio_pipes
 from pymosix.refusals import Refusals
 
@@ -88,39 +97,6 @@ def remove_images_of(pids: Iterable[int]) -> None:
     for pid in pids:
         for d in IMAGES_PARENT.glob(f"pymosix-*-{pid}"):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _groups_of(pid: int) -> list[int]:
-    try:
-        line = next(
-            ln
-            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ln.startswith("Groups:")
-        )
-    except (OSError, StopIteration):
-        return []
-    return [int(g) for g in line.split()[1:]]
-
-
-def _umask_of(pid: int) -> int | None:
-    """mosrun's umask, for its job: files the job makes get the user's modes, not root's."""
-    try:
-        line = next(
-            ln
-            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ln.startswith("Umask:")
-        )
-    except (OSError, StopIteration):
-        return None
-    return int(line.split()[1], 8)
-
-
-def _nice_of(pid: int) -> int:
-    """mosrun's nice value, for its job (0 if mosrun is already gone)."""
-    try:
-        return os.getpriority(os.PRIO_PROCESS, pid)
-    except OSError:
-        return 0
 
 
 def _root_only(conn: ControlConnection, what: str) -> None:
@@ -174,7 +150,8 @@ class MigrationEngine:
         #: Protocol messages dropped or delayed on purpose (tests; migration/faults.py).
         self.faults = Faults(agent.config.state_dir / "faults")
         #: Records of the jobs held here, so that a next agent removes what a crash left.
-        self.records = JobRecords(agent.config.state_dir)
+        self.state_dir = agent.config.state_dir
+        self.records = JobRecords(self.state_dir)
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
         self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
@@ -206,6 +183,7 @@ class MigrationEngine:
         become_subreaper()
         self._remove_stale_images()
         self.records.sweep()
+        checkpoint.sweep(self.state_dir)
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
             self.agent.address, self.agent.config.migration_port, frame_length, self._accept
@@ -274,11 +252,24 @@ class MigrationEngine:
             if self.load is not None:
                 self.load.job_moved(-1)
 
+    async def recover(self, job: HomeJob, held: Held) -> tuple[Link, int]:
+        """Restore a job whose host was lost, here, from its checkpoint (checkpoint.py)."""
+        spent = checkpoint.resume_meta(job.meta, held)
+        replay = job.stdin.since(held.stdin_at)  # what it read after the checkpoint, again
+        hosted = await self.restore_job(job.meta, held.path, held.keys, replay, job.stdin_eof)
+        hosted.link, home_end, hosted.in_end = *LocalLink.pair(), job.stdin.total
+        self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
+        procstate.resume(hosted.pid, held.stopped)
+        log.info("job %d restored here from checkpoint %s", job.meta.home_pid, held.id)
+        return home_end, self.agent.node_id
+
     def home_gone(self, job: HomeJob) -> None:
         if self.home_jobs.get(job.meta.home_pid) is job:
             del self.home_jobs[job.meta.home_pid]
 
-    def _add_hosted(self, job: HostedJob) -> None:
+    def add_hosted(self, job: HostedJob) -> None:
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
         self.records.record(job.pid, job.meta.home_node, job.meta.home_pid)
         job.start()
@@ -302,6 +293,7 @@ class MigrationEngine:
             started_at=time.time(),
             locked=bool(req.get("lock")),
             allowed_nodes=[int(n) for n in req["nodes"]] if req.get("nodes") else None,
+            checkpoint_s=checkpoint.interval(req.get("checkpoint"), self.agent.config),
         )
         spec = JobSpec(
             argv,
@@ -309,9 +301,9 @@ class MigrationEngine:
             env={str(k): str(v) for k, v in dict(req.get("env") or {}).items()},
             uid=conn.peer.uid,
             gid=conn.peer.gid,
-            groups=_groups_of(conn.peer.pid),
-            umask=_umask_of(conn.peer.pid),
-            nice=_nice_of(conn.peer.pid),
+            groups=groups_of(conn.peer.pid),
+            umask=umask_of(conn.peer.pid),
+            nice=nice_of(conn.peer.pid),
         )
         in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()
         try:
@@ -330,7 +322,7 @@ class MigrationEngine:
             self, meta, conn, home_end, self.agent.node_id, user=_user_name(conn.peer.uid)
         )
         self.home_jobs[home_pid] = home
-        self._add_hosted(hosted)
+        self.add_hosted(hosted)
         log.info("job %d started for uid %d: %s", home_pid, conn.peer.uid, " ".join(argv)[:200])
         # The last JSON line on this connection: stdio frames follow (migration/stdio.py).
         started = {"t": "started", "home_pid": home_pid, "node": self.agent.node_id}
@@ -693,10 +685,11 @@ class MigrationEngine:
             stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
             spent = cputime.account(meta, stint)
             beats = asyncio.ensure_future(_beat(ch))
-            hosted = await self._restore(
+            hosted = await self.restore_job(
                 meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
             )
             await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
+            hosted.in_end = int(done.get("in_end") or 0)
         except EOFError:
             log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
             moved(MigrationError(f"node {ch.peer_id} gave up sending it"))
@@ -740,7 +733,7 @@ class MigrationEngine:
                 await ch.send(Frame.FAILED, {"error": f"restored, but {error}"})
             return False
         procstate.resume(hosted.pid, {int(x) for x in done.get("stopped") or []})
-        self._add_hosted(hosted)
+        self.add_hosted(hosted)
         moved(None)
         if await self.faults.passes("RESTORED"):
             with contextlib.suppress(OSError, EOFError):
@@ -810,7 +803,7 @@ class MigrationEngine:
         )
         return needs_refusal(needs, here)
 
-    async def _restore(
+    async def restore_job(
         self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool
     ) -> HostedJob:
         in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()

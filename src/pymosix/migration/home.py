@@ -8,14 +8,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from pymosix.control_server import ControlConnection
-from pymosix.errors import MigrationError
+from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import format_node_id
+from pymosix.migration.checkpoint import SUBDIR, Cursor, Held, InputLog, Store
 from pymosix.migration.faults import Faults
-from pymosix.migration.lifecycle import Arbiter, JobMeta, S
+from pymosix.migration.lifecycle import Arbiter, JobMeta, Keeper, S
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.stdio import (
     DATA,
@@ -37,6 +40,11 @@ class HomeEngine(Protocol):
     @property
     def faults(self) -> Faults: ...
     def home_gone(self, job: HomeJob) -> None: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def max_image_bytes(self) -> int: ...
+    async def recover(self, job: HomeJob, held: Held) -> tuple[Link, int]: ...
 
 
 log = logging.getLogger(__name__)
@@ -76,8 +84,21 @@ class HomeJob:
     #: Home arbitrates every move of the job (lifecycle.py); the move paused for, if any.
     arbiter: Arbiter = field(default_factory=Arbiter)
     pending_move: str = ""
+    #: Its checkpoints (migration/checkpoint.py) and what losing its host means (lifecycle).
+    keeper: Keeper = field(default_factory=lambda: Keeper(time.monotonic()))
+    checkpoints: Store = field(init=False)
+    #: Stdout and stderr bytes relayed to mosrun; bytes a restored job writes again are dropped.
+    out: Cursor = field(default_factory=Cursor)
+    stdin_eof: bool = False
+    #: Stdin sent, kept back to the held checkpoint's point for a restore (checkpointed jobs).
+    stdin: InputLog = field(default_factory=InputLog)
     _attached: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        root = self.engine.state_dir / SUBDIR / str(self.meta.home_pid)
+        self.checkpoints = Store(root, self.engine.max_image_bytes)
+        self.stdin.keep = self.meta.checkpoint_s > 0
 
     async def serve(self) -> None:
         """Relay until the job exits, or until mosrun goes (then the job is killed, wherever)."""
@@ -105,6 +126,7 @@ class HomeJob:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             self.link.close()
+            self.checkpoints.remove()
             self.engine.home_gone(self)
 
     async def to_host(self, kind: int, payload: dict[str, Any]) -> None:
@@ -142,7 +164,7 @@ class HomeJob:
                 kind, _fd, size = parse_head(await reader.readexactly(HEAD.size), TO_AGENT)
                 payload = await reader.readexactly(size)
                 if kind == DATA:
-                    await self.to_host(Frame.IN, {"data": payload})
+                    await self.to_host(Frame.IN, {"data": payload, "at": self.stdin.add(payload)})
                     continue
                 msg = parse_ctrl(payload)
             except asyncio.IncompleteReadError as e:
@@ -158,6 +180,7 @@ class HomeJob:
                 return
             kind_t = msg["t"]
             if kind_t == "eof":
+                self.stdin_eof = True
                 await self.to_host(Frame.EOF, {})
             elif kind_t == "sig":
                 sig = msg.get("n")
@@ -173,6 +196,41 @@ class HomeJob:
             await asyncio.sleep(BEAT_S)
             with contextlib.suppress(EOFError):
                 await self.link.send(Frame.BEAT, {})
+
+    async def _recover(self) -> bool:
+        """The job's host is lost: restore the job here from its last checkpoint, if home
+        holds one. A move under way is aborted first: its late ATTACH is refused."""
+        if self.pending_move:
+            self.arbiter.ask(self.pending_move)
+            self.pending_move = ""
+        held = self.checkpoints.held
+        if self.keeper.host_lost(time.monotonic()) != S.RECOVERING or held is None:
+            return False
+        lost, replayed = format_node_id(self.node), self.stdin.total
+        try:
+            # The restored job gets the stdin it read since the checkpoint again, up to now.
+            self.link, self.node = await self.engine.recover(self, held)
+        except (CriuError, MigrationError, OSError, ValueError, KeyError) as e:
+            log.error("job %d: no restore from its checkpoint: %s", self.meta.home_pid, e)
+            self.keeper.recovered(False, time.monotonic())
+            return False
+        self.keeper.recovered(True, time.monotonic())
+        self.checkpoints.drop_held()
+        self.out.rewind(held.offsets)
+        age = time.monotonic() - held.taken_at
+        await self.tell(
+            {
+                "t": "note",
+                "message": f"node {lost} lost: the job goes on at home from a checkpoint of "
+                f"{age:.0f} s ago",
+            }
+        )
+        if self.move_result is not None and not self.move_result.done():
+            self.move_result.set_result({"ok": False, "error": f"node {lost} was lost"})
+        # Stdin sent before the restore went into the restored job already: not twice.
+        self.held = [(k, p) for k, p in self.held if k != Frame.IN or p["at"] >= replayed]
+        await self._release_held(self.link)
+        return True
 
     async def _lost(self) -> None:
         """The link to the node the job runs on is gone and no new one came: say so, end."""
@@ -202,6 +260,8 @@ class HomeJob:
                 try:
                     await asyncio.wait_for(self._attached.wait(), REATTACH_S)
                 except TimeoutError:
+                    if await self._recover():
+                        continue
                     await self._lost()
                     return
                 self._attached.clear()
@@ -216,9 +276,24 @@ class HomeJob:
                     with contextlib.suppress(EOFError):
                         await link.send(Frame.VERDICT, {"move": move, "committed": committed})
                 continue
+            if kind in (Frame.CKPT_MARK, Frame.CKPT_FILE, Frame.CKPT_DONE):
+                self.checkpoints.feed(kind, p, self.keeper, self.out.sent)
+                if self.checkpoints.held is not None:
+                    self.stdin.trim(self.checkpoints.held.stdin_at)
+                continue
             if kind == Frame.OUT:
-                await self._to_user_data(2 if p.get("fd") == 2 else 1, p["data"])
+                fd, raw = (2 if p.get("fd") == 2 else 1), p["data"]
+                data = self.out.take(fd, raw)
+                if len(data) < len(raw):
+                    log.info(
+                        "job %d: dropped %d bytes it wrote again",
+                        self.meta.home_pid,
+                        len(raw) - len(data),
+                    )
+                if data:
+                    await self._to_user_data(fd, data)
             elif kind == Frame.EXIT:
+                self.keeper.exited(time.monotonic())
                 self.exit = p
                 self.state = "exited"
                 await self.tell({"t": "exit", "code": p.get("code"), "signal": p.get("signal")})
@@ -257,6 +332,8 @@ class HomeJob:
         """The job was restored on `node` (reachable over `link`) by `move`: the commit point.
         False if home had already given that move up (its copy there must not run)."""
         first = self.arbiter.state(move) == S.UNDECIDED
+        if not self.keeper.may_commit():
+            self.arbiter.ask(move)  # its host was given up: the job runs elsewhere, or nowhere
         if not self.arbiter.attach(move):
             log.warning("job %d: refused the late commit of move %s", self.meta.home_pid, move)
             return False
@@ -267,6 +344,10 @@ class HomeJob:
             link.close()  # lost with its connection, as TCP loses a frame
         old, self.link, self.node = self.link, link, node
         self.pending_move = ""
+        self.checkpoints.abandon(self.keeper)  # one its old host was sending
+        if node == self.meta.home_node:  # nothing can lose it at home
+            self.checkpoints.drop_held()
+            self.keeper.drop_held()
         if not first:
             old.close()  # an earlier ATTACH of the same move whose COMMITTED went missing
         await self._release_held(link)

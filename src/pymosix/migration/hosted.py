@@ -29,7 +29,7 @@ import psutil
 from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import format_node_id
 from pymosix.keys import KeyRing
-from pymosix.migration import cputime, procstate
+from pymosix.migration import checkpoint, cputime, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.criu import CriuDriver, resume_dumped
@@ -173,6 +173,9 @@ class HostedJob:
     _out_ended: set[int] = field(default_factory=set)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _receiving: asyncio.Task[None] | None = None
+    _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
+    heard: float = field(default_factory=time.monotonic)  # last frame from home
+    in_end: int = 0  # stdin: home's count of bytes sent, up to the last IN received
     _pidfd: int = -1
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: The move under way (lifecycle.py), its id (home arbitrates by it), home's verdict.
@@ -203,7 +206,10 @@ class HostedJob:
             asyncio.create_task(self._stats()),
             asyncio.create_task(self._beats()),
         ]
-        if self.pending_in:
+        if self.meta.checkpoint_s > 0:
+            self._tasks += [asyncio.create_task(checkpoint.keep(self))]
+            self._tasks += [asyncio.create_task(checkpoint.guard(self))]
+        if self.pending_in or self.stdin_eof:  # a restored job whose stdin had ended
             self._in_ready.set()
 
     def _watch_output(self) -> None:
@@ -262,6 +268,7 @@ class HostedJob:
                 return
             if item[0] == Frame.OUT:
                 self._sent_out(len(item[1]["data"]))
+            self._sent.set()
         # None: nothing more will come from here (the job exited or moved on).
         if self.state != "exited":
             self.link.close()  # moved: home had all of its output before the move committed
@@ -274,6 +281,29 @@ class HostedJob:
             with contextlib.suppress(asyncio.CancelledError):
                 await receiving
         await self.link.end()
+
+    def flush_output(self, then: tuple[int, dict[str, Any]] | None = None) -> None:
+        """What the job wrote so far goes home now, and `then` right behind it (the job is
+        frozen or gone: nothing it writes can come between)."""
+        for job_fd, fd in self.out_fds.items():
+            if data := _read_all(fd):
+                self._queue_out(job_fd, data)
+        if then is not None:
+            self._outq.put_nowait(then)
+
+    async def send_home(self, kind: int, payload: dict[str, Any]) -> bool:
+        """Queue a frame home, waiting while many are queued; False once the job is gone."""
+        while self._outq.qsize() > 4 and self.state == "running":
+            self._sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent.wait(), 1.0)
+        if self.state == "running":
+            self._outq.put_nowait((kind, payload))
+        return self.state == "running"
+
+    @property
+    def moving(self) -> asyncio.Lock:  # held during a move or a checkpoint: one dump at a time
+        return self._moving
 
     async def _beats(self) -> None:
         """Home hears the node is alive even when the job says nothing (home.DEAD_AFTER_S)."""
@@ -292,8 +322,10 @@ class HostedJob:
                     log.warning("job %d lost its home; killing it", self.meta.home_pid)
                     self.deliver_signal(signal.SIGKILL)
                 return
+            self.heard = time.monotonic()  # checkpoint.guard stops the job when home is silent
             if kind == Frame.IN:
                 self.pending_in += bytes(p["data"])
+                self.in_end = int(p.get("at", self.in_end)) + len(p["data"])
                 self._in_ready.set()
             elif kind == Frame.EOF:
                 self.stdin_eof = True
@@ -398,10 +430,7 @@ class HostedJob:
             return  # the frozen original of a job that moved: killed on purpose
         self.state = "exited"
         # Whatever the job wrote last goes home before its exit status.
-        for job_fd, fd in self.out_fds.items():
-            data = _read_all(fd)
-            if data:
-                self._queue_out(job_fd, data)
+        self.flush_output()
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGKILL and self.killed_by is not None:
@@ -571,12 +600,8 @@ class HostedJob:
             await self._dump(ch, images, target, m)
             m.step(E.FROZEN, time.monotonic())
             t_dumped = time.monotonic()
-            for job_fd, fd in self.out_fds.items():
-                data = _read_all(fd)
-                if data:
-                    self._queue_out(job_fd, data)
             self._flush_ack.clear()
-            self._outq.put_nowait((Frame.FLUSHED, {}))
+            self.flush_output(then=(Frame.FLUSHED, {}))
             await asyncio.wait_for(self._flush_ack.wait(), 10)
             leftover = _read_available(self.stdin_r)
             t_flushed = time.monotonic()
@@ -735,6 +760,7 @@ class HostedJob:
                 done = {
                     "stdin": stdin,
                     "stdin_eof": self.stdin_eof,
+                    "in_end": self.in_end,
                     "cpu_used": {str(k): v for k, v in cpu_used.items()},
                     "stopped": sorted(keep_stopped),
                 }

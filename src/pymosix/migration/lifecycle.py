@@ -9,6 +9,10 @@ No sockets, no asyncio, time passed in. Three parties take part in a move (docs/
 - the **home** is the arbiter: the first of ATTACH (commit) and ASK (from a source that heard
   nothing) for a move decides it for good; later ones only hear the decision.
 
+- home also keeps the job's **checkpoints** (HOME_JOB, `Keeper`): the node running a guest sends
+  one every `checkpoint_s`; when that node is lost, home restores the job from the last complete
+  one (RECOVERING) instead of reporting it lost, and refuses every commit of a move from then on.
+
 JobMeta, what travels with a job from node to node, lives here too: the home side, the host
 side and the engine share it without importing one another.
 
@@ -49,6 +53,10 @@ class S(StrEnum):
     EXITED = "exited"
     #: home's view of a move nobody has decided yet.
     UNDECIDED = "undecided"
+    #: home: a checkpoint of the job is arriving (the job runs on meanwhile).
+    CHECKPOINTING = "checkpointing"
+    #: home: the job's host is lost and the job is being restored from its last checkpoint.
+    RECOVERING = "recovering"
 
 
 class E(StrEnum):
@@ -70,6 +78,12 @@ class E(StrEnum):
     LINK_LOST = "link lost"
     ATTACH = "attach"
     ASK = "ask"
+    #: home: a checkpoint's first frame (its stdout offsets) / its last; lost host, none held.
+    CKPT_BEGIN = "checkpoint begins"
+    CKPT_DONE = "checkpoint done"
+    HOST_LOST = "host lost"
+    #: home: the host is lost and a complete checkpoint is held: restore from it.
+    RECOVER = "recover"
 
 
 SOURCE: Mapping[tuple[S, E], S] = {
@@ -120,6 +134,24 @@ HOME: Mapping[tuple[S, E], S] = {
     (S.ROLLED_BACK, E.ASK): S.ROLLED_BACK,
 }
 
+#: Home's view of a job that may run away from it: checkpoints arriving and the loss of its host.
+#: A partial checkpoint never counts: only CKPT_DONE makes one the job's recovery point.
+HOME_JOB: Mapping[tuple[S, E], S] = {
+    (S.RUNNING, E.CKPT_BEGIN): S.CHECKPOINTING,
+    # The one before broke off (its host moved the job on, or failed to send it): a new one.
+    (S.CHECKPOINTING, E.CKPT_BEGIN): S.CHECKPOINTING,
+    (S.CHECKPOINTING, E.CKPT_DONE): S.RUNNING,
+    (S.CHECKPOINTING, E.FAILED): S.RUNNING,
+    (S.RUNNING, E.HOST_LOST): S.LOST,
+    (S.CHECKPOINTING, E.HOST_LOST): S.LOST,
+    (S.RUNNING, E.RECOVER): S.RECOVERING,
+    (S.CHECKPOINTING, E.RECOVER): S.RECOVERING,
+    (S.RECOVERING, E.RESTORED): S.RUNNING,
+    (S.RECOVERING, E.FAILED): S.LOST,
+    (S.RUNNING, E.EXIT): S.EXITED,
+    (S.CHECKPOINTING, E.EXIT): S.EXITED,
+}
+
 #: Seconds a side may stay in a state without progress (a frame, a page) before NO_ANSWER.
 DEADLINES: Mapping[tuple[str, S], float] = {
     ("source", S.OFFERING): 30.0,
@@ -157,6 +189,8 @@ class JobMeta:
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
     #: Times it was frozen for a move, failed moves included.
     freezes: int = 0
+    #: Seconds between checkpoints sent home while it runs away from home; 0: none.
+    checkpoint_s: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
         return dict(self.__dict__) | {"cpu_by_pid": {str(k): v for k, v in self.cpu_by_pid.items()}}
@@ -175,6 +209,7 @@ class JobMeta:
             cpu_s=float(d.get("cpu_s", 0.0)),
             cpu_by_pid={int(k): float(v) for k, v in dict(d.get("cpu_by_pid") or {}).items()},
             freezes=int(d.get("freezes", 0)),
+            checkpoint_s=float(d.get("checkpoint_s", 0.0)),
         )
 
 
@@ -252,3 +287,62 @@ class Arbiter:
 
     def state(self, move: str) -> S:
         return self._moves.get(move, S.UNDECIDED)
+
+
+class Keeper:
+    """Home's checkpoints of one job (HOME_JOB): the one being received, the last complete one
+    (`held`, its id), and what the loss of the job's host means: RECOVERING with one held,
+    LOST without. Once the host is lost no move of the job may commit any more."""
+
+    def __init__(self, now: float) -> None:
+        self.machine = Machine("home", HOME_JOB, S.RUNNING, now, now)
+        self.partial: str | None = None
+        self.held: str | None = None
+
+    @property
+    def state(self) -> S:
+        return self.machine.state
+
+    def begin(self, ckpt: str, now: float) -> bool:
+        """A checkpoint starts arriving; False (ignored) unless the job runs."""
+        if not self.machine.can(E.CKPT_BEGIN):
+            return False
+        self.machine.step(E.CKPT_BEGIN, now)
+        self.partial = ckpt
+        return True
+
+    def done(self, ckpt: str, now: float) -> bool:
+        """The checkpoint `ckpt` arrived whole: True if it is the job's recovery point now."""
+        if ckpt != self.partial or not self.machine.can(E.CKPT_DONE):
+            return False
+        self.machine.step(E.CKPT_DONE, now)
+        self.held, self.partial = ckpt, None
+        return True
+
+    def failed(self, now: float) -> None:
+        """The checkpoint being received broke off (bad frame, the job moved on): dropped."""
+        if self.partial is not None and self.machine.can(E.FAILED):
+            self.machine.step(E.FAILED, now)
+        self.partial = None
+
+    def drop_held(self) -> None:
+        """The job came home: nothing can lose it there, its checkpoint goes."""
+        self.held = None
+
+    def host_lost(self, now: float) -> S:
+        """The job's host is gone: RECOVERING (from `held`) or LOST."""
+        self.partial = None
+        return self.machine.step(E.RECOVER if self.held else E.HOST_LOST, now)
+
+    def recovered(self, ok: bool, now: float) -> S:
+        new = self.machine.step(E.RESTORED if ok else E.FAILED, now)
+        self.held = None
+        return new
+
+    def exited(self, now: float) -> None:
+        if self.machine.can(E.EXIT):
+            self.machine.step(E.EXIT, now)
+
+    def may_commit(self) -> bool:
+        """Whether a move may commit: never once the host was given up (one copy only)."""
+        return self.state in (S.RUNNING, S.CHECKPOINTING)

@@ -15,6 +15,9 @@ peer agent; the code on either end is the same. The frame kinds and what they ca
                 image files as FILE {name, data, first}..., DONE {stdin, stdin_eof}
                 -> RESTORED {pid} | FAILED {error};
                 QUERY {what} -> REPLY {...} (a read-only question for the pool views, pymosix/pool.py)
+  host -> home, a guest's checkpoint (migration/checkpoint.py): CKPT_MARK {id, keys, ...} (sent
+                while the job is still stopped after the dump, behind all it wrote before),
+                CKPT_FILE {id, name, data, first}..., CKPT_DONE {id, ok}
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class Frame(IntEnum):
     VERDICT = 52
     #: home -> a restored job's host, answer to ATTACH: the move committed, resume the job.
     COMMITTED = 53
+    #: host -> home: a checkpoint of a guest (migration/checkpoint.py).
+    CKPT_MARK = 60
+    CKPT_FILE = 61
+    CKPT_DONE = 62
 
 
 class Link(Protocol):

@@ -244,3 +244,37 @@ def pipe_inode(fd: int) -> str:
     if not stat.S_ISFIFO(st.st_mode):
         raise ValueError(f"fd {fd} is not a pipe")
     return f"pipe:[{st.st_ino}]"
+
+
+def groups_of(pid: int) -> list[int]:
+    """mosrun's supplementary groups, for its job."""
+    try:
+        line = next(
+            ln
+            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ln.startswith("Groups:")
+        )
+    except (OSError, StopIteration):
+        return []
+    return [int(g) for g in line.split()[1:]]
+
+
+def umask_of(pid: int) -> int | None:
+    """mosrun's umask, for its job: files the job makes get the user's modes, not root's."""
+    try:
+        line = next(
+            ln
+            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ln.startswith("Umask:")
+        )
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1], 8)
+
+
+def nice_of(pid: int) -> int:
+    """mosrun's nice value, for its job (0 if mosrun is already gone)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return 0
