@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._common import print_table, write_csv
-from pymosix.testbed import TestBed
+from pymosix.testbed import TestBed, kernel
 
 JOB = (
     "import hashlib, sys, time\n"
@@ -107,19 +107,7 @@ class Checker:
             return False
 
 
-def copies(token: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if argv[0] == b"python3" and token.encode() in argv and state != "Z":
-            out.append(int(d.name))
-    return out
+copies = kernel.copies_of
 
 
 def where(bed: TestBed, home_pid: int) -> int | None:

@@ -26,7 +26,7 @@ from pymosix.migration.criuimage import GHOST
 from pymosix.migration.imagecheck import read, refusal
 from pymosix.migration.needs import gather, job_files
 from pymosix.migration.spawn import JobSpec, become_subreaper, spawn_job
-from pymosix.testbed import TestBed
+from pymosix.testbed import TestBed, kernel
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import Job, MakeBed
 
@@ -165,19 +165,8 @@ def _set_faults(bed: TestBed, node: int, text: str) -> None:
 
 
 def _copies(token: str) -> int:
-    """Live python3 processes (any node: the bed shares this PID namespace) with token in argv."""
-    n = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if argv[0] == b"python3" and any(token.encode() in a for a in argv) and state != "Z":
-            n += 1
-    return n
+    """Live copies of the job (any node: the bed shares this PID namespace)."""
+    return len(kernel.copies_of(token))
 
 
 def _row(job: Job) -> dict[str, object]:

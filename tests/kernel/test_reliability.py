@@ -121,21 +121,7 @@ COUNT = (
 )
 
 
-def _copies(token: str) -> list[int]:
-    """Live processes (any node: the bed shares this PID namespace) whose argv holds token."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        # argv[0] too: mosrun's own argv holds the job's.
-        if argv[0] == b"python3" and token.encode() in argv and state != "Z":
-            out.append(int(d.name))
-    return out
+_copies = kernel.copies_of
 
 
 def _guest_pids(bed: TestBed, node: int, home_pid: int) -> list[int]:

@@ -87,3 +87,21 @@ def remove_cgroup(tree: Hierarchy, path: Path) -> None:
         except OSError:
             time.sleep(0.05)
     raise KernelError(f"cannot remove cgroup {path}: processes remain in it")
+
+
+def copies_of(token: str, program: bytes = b"python3") -> list[int]:
+    """Live processes running `program` with `token` in one of its arguments, on any bed node
+    (the bed's nodes share this PID namespace): how tests and benches count a job's copies.
+    mosrun's own argv holds the job's too, hence the check of argv[0]."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if argv[0] == program and any(token.encode() in a for a in argv[1:]) and state != "Z":
+            out.append(int(d.name))
+    return out
