@@ -119,12 +119,6 @@ def where(bed: TestBed, home_pid: int) -> int | None:
     return None if row is None else int(row["node"])
 
 
-def set_faults(bed: TestBed, node: int, text: str) -> None:
-    path = Path(bed.node(node).dir) / "state" / "faults"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def leaked_images(bed: TestBed) -> list[str]:
     return [
         p for i in NODES for d in ("in", "out") for p in bed.glob(i, f"/dev/shm/pymosix-*/{d}-*")
@@ -142,10 +136,10 @@ def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tup
     roles = {"home": 1, "source": src, "target": tgt}
     if fault == "hook":
         role, rule = rng.choice(HOOKS)
-        set_faults(bed, roles[role], rule + "\n")
+        bed.set_faults(roles[role], rule + "\n")
         what = f"{rule} at the {role}"
     elif fault in ("freeze target", "kill target"):
-        set_faults(bed, src, "delay DONE 2\n")
+        bed.set_faults(src, "delay DONE 2\n")
     elif fault == "packet loss":
         for i in NODES:
             bed.exec(i, ["iptables", "-w", "-A", *LOSS_RULE], check=True)
@@ -176,7 +170,7 @@ def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tup
             move.kill()
         move.wait()
     for i in NODES:
-        set_faults(bed, i, "")
+        bed.set_faults(i, "")
     if fault == "packet loss":
         for i in NODES:
             bed.exec(i, ["iptables", "-w", "-D", *LOSS_RULE], check=True)

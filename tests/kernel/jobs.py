@@ -13,6 +13,16 @@ from tests.kernel.conftest import wait_until
 
 MakeBed = Callable[..., TestBed]
 STEP = 500_000
+#: Holds the file named by argv[1] open, burns CPU and prints a count now and then.
+HOLDS = """
+import sys
+f = open(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    if i % 300000 == 0:
+        print(i // 300000, flush=True)
+"""
 COUNTER = f'$|=1; $i=1; while($i) {{ $i++; print "$i\\n" if $i % {STEP} == 0; }}'
 
 

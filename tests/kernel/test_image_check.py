@@ -26,9 +26,9 @@ from pymosix.migration.criuimage import GHOST
 from pymosix.migration.imagecheck import read, refusal
 from pymosix.migration.needs import gather, job_files
 from pymosix.migration.spawn import JobSpec, become_subreaper, spawn_job
-from pymosix.testbed import TestBed, kernel
+from pymosix.testbed import kernel
 from tests.kernel.conftest import wait_until
-from tests.kernel.jobs import Job, MakeBed
+from tests.kernel.jobs import HOLDS, Job, MakeBed
 
 pytestmark = pytest.mark.kernel
 
@@ -146,23 +146,6 @@ def test_the_reader_lists_exactly_the_files_a_dumped_process_holds(
 
 # --- a real move ---------------------------------------------------------------------------------
 
-#: Holds PATH open, and prints 1, 2, 3, ... now and then.
-HOLDS = """
-import sys
-f = open(sys.argv[1])
-i = 0
-while True:
-    i += 1
-    if i % 300000 == 0:
-        print(i // 300000, flush=True)
-"""
-
-
-def _set_faults(bed: TestBed, node: int, text: str) -> None:
-    path = Path(bed.node(node).dir) / "state" / "faults"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
 
 def _copies(token: str) -> int:
     """Live copies of the job (any node: the bed shares this PID namespace)."""
@@ -194,7 +177,7 @@ def test_an_offer_that_leaves_out_a_file_the_image_opens_is_refused_and_the_job_
     jobs.append(job)
     job.counts(2)
     # node1, the source, leaves the data file out of its offer; its image still opens it.
-    _set_faults(bed, 1, f"unlist {data}\n")
+    bed.set_faults(1, f"unlist {data}\n")
     r = job.migrate("0x640c")
     assert r.returncode != 0
     assert f"the image opens {data}, which the offer did not list" in r.stderr, r.stderr
@@ -212,7 +195,7 @@ def test_an_offer_that_leaves_out_a_file_the_image_opens_is_refused_and_the_job_
     seq = before + after
     assert seq == list(range(seq[0], seq[0] + len(seq))), seq
     # An honest offer: the same job moves.
-    _set_faults(bed, 1, "")
+    bed.set_faults(1, "")
     r = job.migrate("0x640c")
     assert r.returncode == 0, r.stderr
     wait_until("home to see the job on node2", lambda: _row(job)["node"] == 0x640C, 10.0)

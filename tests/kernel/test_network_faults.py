@@ -20,7 +20,6 @@ from tests.kernel.test_reliability import (
     _counts_on,
     _guest_pids,
     _moved_to_node2,
-    _set_faults,
 )
 
 pytestmark = [
@@ -46,7 +45,7 @@ def test_a_restored_answer_lost_on_the_wire_leaves_one_copy(
     job, token = _moved_to_node2(bed, jobs)
     # Held back a moment (the hook) so that the rule is in place before it goes, then dropped
     # by the network.
-    _set_faults(bed, 3, "delay RESTORED 2\n")
+    bed.set_faults(3, "delay RESTORED 2\n")
     move = bed.popen(
         1, ["migrate", str(job.pid), "0x640d"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -14,20 +14,9 @@ import pytest
 from pymosix.migration.needs import isa_flags
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
-from tests.kernel.jobs import Job, MakeBed
+from tests.kernel.jobs import HOLDS, Job, MakeBed
 
 pytestmark = pytest.mark.kernel
-
-#: Holds PATH open, burns CPU and prints a count now and then.
-HOLDS = """
-import sys
-f = open(sys.argv[1])
-i = 0
-while True:
-    i += 1
-    if i % 300000 == 0:
-        print(i // 300000, flush=True)
-"""
 
 
 def in_node(bed: TestBed, node: int, script: str) -> None:

@@ -131,12 +131,6 @@ def _guest_pids(bed: TestBed, node: int, home_pid: int) -> list[int]:
     return [int(r["pid"]) for r in rows if r.get("guest") and r["home_pid"] == home_pid]
 
 
-def _set_faults(bed: TestBed, node: int, text: str) -> None:
-    path = Path(bed.node(node).dir) / "state" / "faults"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def _counts_on(job: Job, n: int) -> None:
     """The job goes on counting: n more values, each once, in order."""
     before = job.drain_ints()
@@ -162,7 +156,7 @@ def test_a_lost_restored_answer_leaves_one_copy_and_migrate_tells_the_truth(
     bed = make_bed(3)
     job, token = _moved_to_node2(bed, jobs)
     # Node 3 restores the job and home commits it, but its RESTORED to node 2 is lost.
-    _set_faults(bed, 3, "drop RESTORED\n")
+    bed.set_faults(3, "drop RESTORED\n")
     r = job.migrate("0x640d")
     assert r.returncode == 0, r.stderr
     assert "0x640d" in r.stdout
@@ -336,7 +330,7 @@ def test_each_dropped_or_late_message_leaves_one_copy_and_stdout_intact(
     bed = make_bed(3)
     job, token = _moved_to_node2(bed, jobs)
     for node, text in rules.items():
-        _set_faults(bed, node, text)
+        bed.set_faults(node, text)
     r = job.migrate("0x640d")
     assert (r.returncode == 0) == (where == 0x640D), r.stdout + r.stderr
     assert job.node() == where
@@ -347,7 +341,7 @@ def test_each_dropped_or_late_message_leaves_one_copy_and_stdout_intact(
         25,
     )
     for node in rules:
-        _set_faults(bed, node, "")
+        bed.set_faults(node, "")
     _counts_on(job, 3)
     # Past every deadline of the move: still that one copy, where mps says.
     time.sleep(3)
@@ -361,7 +355,7 @@ def test_a_stopping_agent_sends_a_guest_elsewhere_when_home_refuses(
 ) -> None:
     bed = make_bed(3)
     job, token = _moved_to_node2(bed, jobs)
-    _set_faults(bed, 1, "drop READY\n")
+    bed.set_faults(1, "drop READY\n")
     bed.stop_agent(2, timeout_s=40)
     assert job.proc.poll() is None
     assert job.node() == 0x640D

@@ -448,6 +448,12 @@ class TestBed:
         self.save()
         _reap()
 
+    def set_faults(self, which: int | str, text: str) -> None:
+        """Write the node agent's fault hook (migration/faults.py); "" clears it."""
+        path = Path(self.node(which).dir) / "state" / "faults"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
     def glob(self, which: int | str, pattern: str) -> list[str]:
         """Paths matching a shell pattern as the node sees them (its private /tmp, /dev/shm)."""
         node = self.node(which)
