@@ -17,7 +17,6 @@ from pymosix.migration.lifecycle import JobMeta
 from pymosix.policy import (
     ClusterSnapshot,
     JobView,
-    MigrationDecision,
     NodeView,
     PolicyConfig,
     RecentMove,
@@ -129,11 +128,7 @@ class Balancer:
                 log.exception("balancing round failed")
 
     async def round(self) -> None:
-        """Decide, then carry out the round's moves at once: each is a different job (its own
-        freeze, dump and link), and the decisions already count one another on their targets.
-        One after the other, the last job would wait for every earlier freeze."""
         snap = self.snapshot()
-        moves = []
         for d in decide(snap):
             job = next(
                 (
@@ -143,19 +138,16 @@ class Balancer:
                 ),
                 None,
             )
-            if job is not None:
-                moves.append(self._move(job, d))
-        await asyncio.gather(*moves)
-
-    async def _move(self, job: HostedJob, d: MigrationDecision) -> None:
-        log.info("balancer: moving job %d to node %d (%s)", d.home_pid, d.target, d.reason)
-        try:
-            await self.engine.migrate_hosted(job, d.target, offer_load=d.target_load)
-        except (MigrationError, CriuError, OSError) as e:
-            log.info("balancer: job %d stays: %s", d.home_pid, e)
-            return
-        self.moves += 1
-        self.recent.append(RecentMove(d.target, self.agent.now(), 1.0, job.rss))
+            if job is None:
+                continue
+            log.info("balancer: moving job %d to node %d (%s)", d.home_pid, d.target, d.reason)
+            try:
+                await self.engine.migrate_hosted(job, d.target, offer_load=d.target_load)
+            except (MigrationError, CriuError, OSError) as e:
+                log.info("balancer: job %d stays: %s", d.home_pid, e)
+                continue
+            self.moves += 1
+            self.recent.append(RecentMove(d.target, self.agent.now(), 1.0, job.rss))
 
     def best_node_for(self, meta: JobMeta, current: int | None = None) -> int | None:
         """For `migrate PID balance` and `mosrun -b`: the best node now, None for where it is."""
