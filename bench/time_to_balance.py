@@ -31,7 +31,8 @@ def where(bed: TestBed) -> list[int]:
 
 
 def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
-    """(seconds from the last mosrun to an even split, seconds from all jobs existing to it)."""
+    """(seconds from the last mosrun to an even split, seconds from all jobs existing to it);
+    NaN for both if there is no even split within timeout_s."""
     ids = [n.node_id for n in bed.nodes]
     procs = [bed.popen(1, ["mosrun", *LOOP], stdout=subprocess.DEVNULL) for _ in ids for _ in "ab"]
     t0 = time.monotonic()
@@ -46,7 +47,10 @@ def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
                 assert t_jobs is not None
                 return now - t0, now - t_jobs
             time.sleep(0.02)
-        raise RuntimeError(f"no even split within {timeout_s} s: {where(bed)}")
+        # Recorded, not raised: a bed that does not balance is a result (the 4-node bed, below).
+        counts = [where(bed).count(i) for i in ids]
+        print(f"no even split within {timeout_s:.0f} s: jobs per node {counts}")
+        return float("nan"), float("nan")
     finally:
         for p in procs:
             p.kill()
@@ -79,13 +83,14 @@ def main() -> None:
     )
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--timeout-s", type=float, default=60.0, help="a run without a split ends")
     args = ap.parse_args()
     bed, speed = seed_bed(args.nodes)
     specs = [NodeSpec(speed=speed) for _ in range(args.nodes)]
     rows: list[dict[str, Any]] = []
     try:
         for i in range(args.runs):
-            from_mosrun, from_jobs = one_run(bed)
+            from_mosrun, from_jobs = one_run(bed, args.timeout_s)
             jobs = [JobSpec(0, 1e6, rss_bytes=5 * 2**20) for _ in range(2 * args.nodes)]
             sim = (
                 Simulation(specs, jobs, SimConfig(sample_s=0.1), seed=i)
@@ -100,10 +105,17 @@ def main() -> None:
                     "sim_s": float("nan") if sim is None else sim,
                 }
             )
-            print(f"run {i}: {from_mosrun:.2f} s from the 4th mosrun ({from_jobs:.2f} s from jobs)")
+            print(
+                f"run {i}: {from_mosrun:.2f} s from the last mosrun ({from_jobs:.2f} s from jobs)"
+            )
     finally:
         bed.down()
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "run"}
+    # A run without a split (NaN) counts as infinitely slow in the median.
+    med = {
+        k: statistics.median(r[k] if r[k] == r[k] else float("inf") for r in rows)
+        for k in rows[0]
+        if k != "run"
+    }
     rows.append({"run": "median", **med})
     print_table(rows)
     print(
