@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def main() -> None:
             rows.append({"when": label, "run": r["run"], **{c: float(r[c]) for c in COLS}})
     print_table(rows)
     print(f"csv: {write_csv(args.name, rows)}")
-    series = {}
+    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
     for label, data in runs.items():
         pts = [r for r in data if r["run"] != "median"]
         xs = [float(r["run"]) for r in pts]
