@@ -88,7 +88,16 @@ def main() -> None:
     ok = bed_left is not None and abs(left - bed_left) <= 1.5
     rows.append(row("owner returns, 2 nodes: last guest left (s)", bed_left, left, ok))
     sim4 = scenarios.owner_returns(nodes=4, work_s=unit, owner_at_s=unit / 3, owner_tasks=4)
-    rows.append(row("owner returns, 4 nodes: makespan / bound", None, sim4.ratio, None))
+    bed4 = bed4_left = None
+    owner4 = read("owner_returns_4")  # bench.owner_returns4, 20 s jobs as here
+    if owner4:
+        o = next(r for r in owner4 if r["what"] == "bed")
+        bed4, bed4_left = float(o["ratio"]), float(o["guests_left_s"])
+    ok = bed4 is not None and abs(sim4.ratio - bed4) <= 0.1 * bed4
+    rows.append(row("owner returns, 4 nodes: makespan / bound", bed4, sim4.ratio, ok))
+    left4 = sim4.guests_left_s if sim4.guests_left_s is not None else float("inf")
+    ok = bed4_left is not None and abs(left4 - bed4_left) <= 1.5
+    rows.append(row("owner returns, 4 nodes: last guest left (s)", bed4_left, left4, ok))
     print_table(rows)
     print(f"csv: {write_csv('sim_calibration', rows)}")
 
