@@ -1,7 +1,7 @@
 """Does the simulator agree with the bed? The seed scenario and the owner-returns scenario, at the
 sizes the bed benches measured, run in the simulator with the same parameters and set beside the
-bed's numbers (read from the CSVs bench.time_to_balance, bench.balance and bench.owner_returns
-wrote in bench/results). Run those first; a missing one is reported as not measured.
+bed's numbers (read from the CSVs bench.time_to_balance --nodes 2 and 4, bench.balance,
+bench.owner_returns and bench.owner_returns4 wrote in bench/results). Run those first; a missing one is reported as not measured.
 
 Tolerances, and why:
 - time to balance, from all jobs existing (the simulator does not model mosrun's own start):
