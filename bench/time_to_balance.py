@@ -4,7 +4,7 @@
 scenario (the real policy, seeds 0..runs-1). Also reported: the time from all jobs existing
 (mosrun's own start, a Python interpreter, is slow on a busy machine) to the split. With more
 nodes than CPUs (--nodes 4 here) each node gets an equal CFS quota of a CPU, and the simulator
-nodes the matching speed.
+nodes the matching speed (set in the agents too: see seed_bed).
 
 Usage: python -m bench.time_to_balance [--runs 5] [--nodes 2]. Writes
 bench/results/time_to_balance[_N].{csv,png}.
@@ -31,7 +31,8 @@ def where(bed: TestBed) -> list[int]:
 
 
 def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
-    """(seconds from the last mosrun to an even split, seconds from all jobs existing to it)."""
+    """(seconds from the last mosrun to an even split, seconds from all jobs existing to it);
+    NaN for both if there is no even split within timeout_s."""
     ids = [n.node_id for n in bed.nodes]
     procs = [bed.popen(1, ["mosrun", *LOOP], stdout=subprocess.DEVNULL) for _ in ids for _ in "ab"]
     t0 = time.monotonic()
@@ -46,7 +47,10 @@ def one_run(bed: TestBed, timeout_s: float = 60.0) -> tuple[float, float]:
                 assert t_jobs is not None
                 return now - t0, now - t_jobs
             time.sleep(0.02)
-        raise RuntimeError(f"no even split within {timeout_s} s: {where(bed)}")
+        # Recorded, not raised: a bed that does not balance is a result (the 4-node bed, below).
+        counts = [where(bed).count(i) for i in ids]
+        print(f"no even split within {timeout_s:.0f} s: jobs per node {counts}")
+        return float("nan"), float("nan")
     finally:
         for p in procs:
             p.kill()
@@ -60,8 +64,13 @@ def seed_bed(nodes: int) -> tuple[TestBed, int]:
     """A bed for the seed; with more nodes than CPUs each node gets an equal CFS share of one,
     so that two nodes on a CPU are two half-speed machines. Returns it and the nodes' speed."""
     cpus = len(kernel.host_cpus())
-    bed = TestBed.up(nodes=nodes, name=f"bttb{nodes}", agents=[])
     ratio = min(1.0, cpus / nodes)
+    # Quota'd nodes get their speed set, not measured: each measures at start while the others
+    # start too and other engineers' work shares the CPUs (3005 to 6025 for four half-CPU
+    # nodes), and the policy rightly gives a node that looks twice as slow fewer jobs than 2.
+    speed = round(10000 * ratio)
+    extra = ["--set", f"speed={speed}"] if ratio < 1.0 else []
+    bed = TestBed.up(nodes=nodes, name=f"bttb{nodes}", agents=[], extra_args=extra)
     if ratio < 1.0:
         for n in bed.nodes:
             set_cpu_quota(n, ratio)
@@ -70,7 +79,7 @@ def seed_bed(nodes: int) -> tuple[TestBed, int]:
     for n in bed.nodes:
         bed.wait_ready(n.index)
     bed.wait_converged(30)
-    return bed, round(10000 * ratio)
+    return bed, speed
 
 
 def main() -> None:
@@ -79,13 +88,14 @@ def main() -> None:
     )
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--timeout-s", type=float, default=60.0, help="a run without a split ends")
     args = ap.parse_args()
     bed, speed = seed_bed(args.nodes)
     specs = [NodeSpec(speed=speed) for _ in range(args.nodes)]
     rows: list[dict[str, Any]] = []
     try:
         for i in range(args.runs):
-            from_mosrun, from_jobs = one_run(bed)
+            from_mosrun, from_jobs = one_run(bed, args.timeout_s)
             jobs = [JobSpec(0, 1e6, rss_bytes=5 * 2**20) for _ in range(2 * args.nodes)]
             sim = (
                 Simulation(specs, jobs, SimConfig(sample_s=0.1), seed=i)
@@ -100,10 +110,17 @@ def main() -> None:
                     "sim_s": float("nan") if sim is None else sim,
                 }
             )
-            print(f"run {i}: {from_mosrun:.2f} s from the 4th mosrun ({from_jobs:.2f} s from jobs)")
+            print(
+                f"run {i}: {from_mosrun:.2f} s from the last mosrun ({from_jobs:.2f} s from jobs)"
+            )
     finally:
         bed.down()
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "run"}
+    # A run without a split (NaN) counts as infinitely slow in the median.
+    med = {
+        k: statistics.median(r[k] if r[k] == r[k] else float("inf") for r in rows)
+        for k in rows[0]
+        if k != "run"
+    }
     rows.append({"run": "median", **med})
     print_table(rows)
     print(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import NodeId
 from pymosix.load.gossip import LoadEntry
+from pymosix.load.quota import cpu_capacity
 from pymosix.migration.hosted import HostedJob
 from pymosix.migration.lifecycle import JobMeta
 from pymosix.policy import (
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How long a move this node made is counted on its target (until the target's load shows it).
 RECENT_MOVE_S = 3.0
+#: How often the node's CPU quota is read again (it can be changed while the agent runs).
+CAPACITY_EVERY_S = 10.0
 
 
 def node_view(e: LoadEntry, now: float) -> NodeView:
@@ -54,14 +57,22 @@ def node_view(e: LoadEntry, now: float) -> NodeView:
     )
 
 
-def job_view(job: HostedJob, self_id: int, now: float, refusals: Refusals | None = None) -> JobView:
+def job_view(
+    job: HostedJob,
+    self_id: int,
+    now: float,
+    refusals: Refusals | None = None,
+    capacity: float = 1.0,
+) -> JobView:
+    """The policy's view of a job; `capacity` is the share of its CPUs a quota leaves the node
+    (load.quota), against which the job's share of a CPU is counted."""
     meta = job.meta
     return JobView(
         home_pid=meta.home_pid,
         node=NodeId(self_id),
         home=NodeId(meta.home_node),
         age_s=max(0.0, time.time() - meta.started_at),
-        cpu_fraction=job.cpu_percent / 100.0,
+        cpu_fraction=min(1.0, job.cpu_percent / 100.0 / capacity),
         rss_bytes=job.rss,
         locked=meta.locked,
         allowed_nodes=frozenset(NodeId(n) for n in meta.allowed_nodes)
@@ -86,6 +97,7 @@ class Balancer:
         self.policy = PolicyConfig(max_info_age_s=agent.config.load_max_age_ms / 1000)
         self.recent: list[RecentMove] = []
         self.moves = 0
+        self._capacity, self._capacity_at = 1.0, float("-inf")
         self._task: asyncio.Task[None] | None = None
         agent.balancer = self  # type: ignore[attr-defined]
         engine.accept = self.accept
@@ -106,8 +118,11 @@ class Balancer:
         me_id = self.agent.node_id
         me = node_view(entries[me_id], now)
         peers = {NodeId(n): node_view(e, now) for n, e in entries.items() if n != me_id}
+        if now >= self._capacity_at + CAPACITY_EVERY_S:
+            self._capacity = cpu_capacity(entries[me_id].ncpus)
+            self._capacity_at = now
         jobs = tuple(
-            job_view(j, me_id, now, self.engine.refusals)
+            job_view(j, me_id, now, self.engine.refusals, self._capacity)
             for j in self.engine.hosted.values()
             if j.state == "running"
         )

@@ -265,6 +265,11 @@ def control_socket_path() -> Path:
     return Path(env) if env else DEFAULT_SOCKET
 
 
+def root_socket_path(path: Path) -> Path:
+    """Root's own control socket beside the public one: control.sock -> control.root.sock."""
+    return path.with_name(f"{path.stem}.root{path.suffix or '.sock'}")
+
+
 def find_criu(configured: str = "") -> str | None:
     """The criu to use: the config key, PYMOSIX_CRIU, the provisioned one, then PATH."""
     import shutil

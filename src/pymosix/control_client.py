@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pymosix.config import control_socket_path
-from pymosix.control_server import root_socket_path
+from pymosix.config import control_socket_path, root_socket_path
 from pymosix.errors import NotRunningError, PymosixError
 
 #: A reply line longer than this is a broken agent, not data (mps of thousands of jobs fits).

@@ -30,26 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pymosix.config import root_socket_path
 from pymosix.errors import PymosixError
+from pymosix.jsondepth import MAX_DEPTH, json_depth
 
 log = logging.getLogger(__name__)
 
 #: A request line longer than this is refused (a run request carries the caller's environment;
 #: mosrun's stdio, once the job runs, is framed apart: migration/stdio.py).
 MAX_REQUEST_BYTES = 256 * 1024
-#: Deepest nesting of arrays and objects in a request (real ones have 2 or 3).
-MAX_DEPTH = 16
 #: Connections waiting in the kernel to be accepted, per socket.
 BACKLOG = 128
 #: Connections accepted per wakeup, so that a flood cannot hold the event loop.
 ACCEPT_BATCH = 64
 #: How often one kind of refusal is logged, at most.
 WARN_EVERY_S = 60.0
-
-
-def root_socket_path(path: Path) -> Path:
-    """Root's own control socket beside the public one: control.sock -> control.root.sock."""
-    return path.with_name(f"{path.stem}.root{path.suffix or '.sock'}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,21 +135,6 @@ def parse_request(line: bytes) -> dict[str, Any]:
     if json_depth(req) > MAX_DEPTH:
         raise PymosixError(f"request nested too deeply (over {MAX_DEPTH} levels)")
     return req
-
-
-def json_depth(obj: Any) -> int:
-    """How deeply arrays and objects nest in `obj` (counting stops past MAX_DEPTH)."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        item, d = stack.pop()
-        deepest = max(deepest, d)
-        if deepest > MAX_DEPTH:
-            break
-        if isinstance(item, dict):
-            stack += [(v, d + 1) for v in item.values()]
-        elif isinstance(item, list):
-            stack += [(v, d + 1) for v in item]
-    return deepest
 
 
 def peer_cred(sock: socket.socket) -> PeerCred:

@@ -34,7 +34,9 @@ class PolicyConfig:
     #: A move must cost less than this fraction of the job's expected remaining run time.
     max_cost_fraction: float = 0.5
     #: Jobs younger than this are not moved automatically (most short jobs end where they start).
-    min_age_s: float = 1.0
+    #: The cost rule below keeps a job longer than this while its move would cost over half its
+    #: expected remaining time (a 5 MB job: 0.8 s); this floor is for jobs whose image is tiny.
+    min_age_s: float = 0.5
     #: A job that arrived here stays at least this long, doubled for each earlier migration.
     min_stay_s: float = 5.0
     #: Ceiling of the per-job cool-down.

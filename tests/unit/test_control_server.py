@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
+from pymosix.config import root_socket_path
 from pymosix.control_client import ControlClient
 from pymosix.control_server import (
-    MAX_DEPTH,
     MAX_REQUEST_BYTES,
     Budget,
     ControlConnection,
     ControlServer,
     Limits,
     parse_request,
-    root_socket_path,
 )
 from pymosix.errors import PymosixError
+from pymosix.jsondepth import MAX_DEPTH
 
 
 def test_budget_per_uid_total_and_root_apart() -> None:

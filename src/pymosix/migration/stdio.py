@@ -16,7 +16,6 @@ object is refused with one line (StdioError). The codec is pure; the I/O is mosr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -24,10 +23,13 @@ import os
 import socket
 import stat
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pymosix.control_server import MAX_DEPTH, json_depth
 from pymosix.errors import PymosixError
+from pymosix.jsondepth import MAX_DEPTH, json_depth
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: The `run` reply's "stdio": what mosrun checks before it speaks frames (a stale agent has none).
 STDIO_FRAMES = 1

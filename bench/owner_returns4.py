@@ -1,0 +1,118 @@
+"""Owner returns on a 4-node bed on this 2-CPU machine, beside the simulator's same scenario
+(sim.scenarios.owner_returns(nodes=4)): four nodes of half a CPU each (CFS quotas, speed set to
+5000), one job per node started with mosrun at node1, and at a third of a job's length the owners
+of nodes 3 and 4 run `--owner-tasks` CPU-bound processes there to the end. pymosix only (the
+2-node bench.owner_returns has the GNU parallel and no-balancing columns).
+
+Reported: the makespan over the lower bound that gives each owner their node while they use it,
+and the time from the owners' load to the last guest leaving nodes 3 and 4.
+
+Usage: python -m bench.owner_returns4 [--unit-s 20] [--owner-tasks 4].
+Writes bench/results/owner_returns_4.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import threading
+import time
+from typing import Any
+
+from bench._common import print_table, write_csv
+from bench.balance import calibrate, run_mosrun
+from pymosix.sim import scenarios
+from pymosix.sim.engine import JobSpec, NodeSpec, OwnerLoad, lower_bound
+from pymosix.testbed import TestBed
+from pymosix.testbed.cpuquota import set_cpu_quota
+
+HOG = ["perl", "-e", "while(1){}"]
+NODES, RATIO = 4, 0.5
+OWNED = (3, 4)
+
+
+def quota_bed() -> TestBed:
+    bed = TestBed.up(
+        nodes=NODES, name="bow4", agents=[], extra_args=["--set", f"speed={round(10000 * RATIO)}"]
+    )
+    for n in bed.nodes:
+        set_cpu_quota(n, RATIO)
+    for n in bed.nodes:
+        bed.start_agent(n.index, wait=False)
+    for n in bed.nodes:
+        bed.wait_ready(n.index)
+    bed.wait_converged(30)
+    return bed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--unit-s", type=float, default=20.0, help="a job's length on a node, s")
+    ap.add_argument("--owner-tasks", type=int, default=4)
+    args = ap.parse_args()
+    bed = quota_bed()
+    hogs: list[subprocess.Popen[bytes]] = []
+    left: dict[str, float] = {}
+    stop = threading.Event()
+
+    def owners() -> None:
+        if stop.wait(args.unit_s / 3):
+            return
+        for i in OWNED:
+            hogs.extend(bed.popen(i, HOG, start_new_session=True) for _ in range(args.owner_tasks))
+        came = time.monotonic()
+        owned = {bed.node(i).node_id for i in OWNED}
+        while not stop.is_set():
+            if not owned & {int(j["node"]) for j in bed.call(1, "jobs")["jobs"]}:
+                left["s"] = time.monotonic() - came
+                return
+            time.sleep(0.05)
+
+    try:
+        # The fastest of three: other load on a shared machine only ever slows a calibration.
+        per_s = max(calibrate(bed, 1.0) for _ in range(3))
+        watcher = threading.Thread(target=owners, daemon=True)
+        watcher.start()
+        makespan = run_mosrun(bed, [(0.0, int(args.unit_s * per_s))] * NODES)
+        stop.set()
+        watcher.join()
+    finally:
+        stop.set()
+        for h in hogs:
+            h.kill()
+            h.wait()
+        bed.down()
+    # A job takes unit_s on a half-CPU node: unit_s * RATIO seconds of work at the reference speed.
+    speed = round(10000 * RATIO)
+    bound = lower_bound(
+        [NodeSpec(speed)] * NODES,
+        [JobSpec(0, args.unit_s * RATIO)] * NODES,
+        [OwnerLoad(i - 1, args.unit_s / 3, tasks=args.owner_tasks) for i in OWNED],
+    )
+    sim = scenarios.owner_returns(
+        nodes=NODES, work_s=args.unit_s, owner_at_s=args.unit_s / 3, owner_tasks=args.owner_tasks
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "what": "bed",
+            "makespan_s": makespan,
+            "bound_s": bound,
+            "ratio": makespan / bound,
+            "guests_left_s": left.get("s", float("nan")),
+        },
+        {
+            "what": "simulator",
+            "makespan_s": sim.makespan_s,
+            "bound_s": sim.makespan_s / sim.ratio,
+            "ratio": sim.ratio,
+            "guests_left_s": float("nan") if sim.guests_left_s is None else sim.guests_left_s,
+        },
+    ]
+    print_table(rows)
+    print(f"csv: {write_csv('owner_returns_4', rows)}")
+
+
+if __name__ == "__main__":
+    main()
