@@ -5,7 +5,6 @@ stop-and-copy; a target that dies mid-transfer never leaves two copies."""
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
