@@ -57,6 +57,9 @@ PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
 MIN_CRIU = (4, 2)
 #: Seconds the source waits for the dump's images (the freeze, before any page goes).
 IMAGES_S = 120.0
+#: Seconds without a frame from the peer while pages flow (the target beats, the lazy-pages
+#: daemon asks and pushes all the time): then the peer or the link is gone.
+PAGES_SILENT_S = 30.0
 
 
 # --- when (pure) -------------------------------------------------------------------------
@@ -259,7 +262,7 @@ class LazySource:
         out = asyncio.ensure_future(outbound())
         try:
             while True:
-                kind, p = await self.ch.recv()
+                kind, p = await asyncio.wait_for(self.ch.recv(), PAGES_SILENT_S)
                 if kind == Frame.PAGES:
                     with contextlib.suppress(OSError):
                         await loop.sock_sendall(self.sock, p.get("data") or b"")
@@ -302,7 +305,7 @@ class LazySource:
         assert self.relay is not None
         try:
             await self.relay
-        except (OSError, EOFError, MigrationError) as e:
+        except (OSError, EOFError, TimeoutError, MigrationError) as e:
             self.sock.close()
             await self._reap_criu(5.0)
             raise MigrationError(f"the page transfer broke: {e or type(e).__name__}") from None
@@ -332,6 +335,22 @@ class _Demuxed:
             self._src.others.put_nowait(got)  # every later recv fails the same way
             raise EOFError(str(got) or type(got).__name__)
         return got
+
+
+class _Silent:
+    """A channel whose receive fails after PAGES_SILENT_S without a frame."""
+
+    def __init__(self, ch: Channel) -> None:
+        self._ch = ch
+
+    async def send(self, kind: int, payload: dict[str, Any]) -> None:
+        await self._ch.send(kind, payload)
+
+    async def send_plaintext(self, plaintext: Any) -> None:
+        await self._ch.send_plaintext(plaintext)
+
+    async def recv(self) -> tuple[int, dict[str, Any]]:
+        return await asyncio.wait_for(self._ch.recv(), PAGES_SILENT_S)
 
 
 async def dump_lazy(job: HostedJob, ch: Channel, images: Path) -> LazySource:
@@ -433,7 +452,8 @@ async def receive(
         criu_end.close()
         os.set_blocking(status_r, False)
         await _wait_status(status_r, daemon, "lazy-pages")
-        relay = asyncio.ensure_future(relay_pages(ch, ours, engine.max_image_bytes))
+        watched = cast(Channel, _Silent(ch))
+        relay = asyncio.ensure_future(relay_pages(watched, ours, engine.max_image_bytes))
         hosted = await engine._restore(
             meta,
             images,
@@ -536,7 +556,7 @@ async def _pages_until_done(
     the stream broke or the daemon failed."""
     try:
         got = await relay
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, TimeoutError) as e:
         raise MigrationError(f"the page stream broke: {e or type(e).__name__}") from None
     try:
         rc = await asyncio.wait_for(daemon.wait(), 30)
