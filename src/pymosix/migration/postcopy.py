@@ -468,6 +468,8 @@ async def receive(
         if error is not None:
             raise MigrationError(f"restored, but {error}")
         committed = True
+        # No move out before its memory is all here: migrate_out waits for this lock.
+        await hosted._moving.acquire()
         procstate.resume(hosted.pid, {int(x) for x in done.get("stopped") or []})
         engine._add_hosted(hosted)
         moved(None)
@@ -528,6 +530,12 @@ async def receive(
     finally:
         if beats is not None:
             beats.cancel()
+        if hosted is not None and daemon is not None and daemon.returncode is None:
+            # Cancelled (the agent stops) with pages still to come: the job goes before them.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hosted.pid, signal.SIGKILL)
+        if hosted is not None and hosted._moving.locked():
+            hosted._moving.release()
         if relay is not None and not relay.done():
             relay.cancel()
         if relay is not None:
