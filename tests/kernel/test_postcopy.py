@@ -132,7 +132,8 @@ def test_a_target_killed_mid_transfer_leaves_no_second_copy_and_mosrun_says_lost
     make_bed: MakeBed, jobs: list[Job], big_pipes: None
 ) -> None:
     bed = make_bed(2, extra_args=POSTCOPY_ABOVE)
-    job, token = _start(bed, jobs, 300)
+    # Big enough that its memory takes a few seconds to follow (the kill must fall within).
+    job, token = _start(bed, jobs, 600)
     r = job.migrate("0x640c")
     assert r.returncode == 0, r.stderr
     log2 = bed.node(2).log
