@@ -14,7 +14,7 @@ from pymosix.migration.postcopy import PIPE_MAX_SIZE, PIPE_NEEDED
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import Job, MakeBed
-from tests.kernel.test_reliability import _copies, _guest_pids
+from tests.kernel.test_reliability import _copies, _guest_pids, _set_faults
 
 pytestmark = pytest.mark.kernel
 
@@ -163,3 +163,26 @@ def test_doctor_says_whether_postcopy_is_available(small_pipes: None) -> None:
     )
     assert "post-copy" in r.stdout
     assert f"sysctl fs.pipe-max-size={PIPE_NEEDED}" in r.stdout
+
+
+def test_a_postcopy_move_home_aborts_rolls_back_and_the_heap_stays_intact(
+    make_bed: MakeBed, jobs: list[Job], big_pipes: None
+) -> None:
+    bed = make_bed(2, extra_args=POSTCOPY_ABOVE)
+    job, token = _start(bed, jobs, 300)
+    # Home (node1, the source too) never records the target's ATTACH: the move cannot commit.
+    _set_faults(bed, 1, "drop ATTACH\n")
+    r = job.migrate("0x640c")
+    assert r.returncode != 0
+    assert "it goes on here" in r.stderr, r.stderr
+    wait_until(
+        "node2's word on it",
+        lambda: f"could not take job {job.pid} by post-copy" in bed.node(2).log.read_text(),
+        10,
+    )
+    _set_faults(bed, 1, "")
+    # The original, stopped with criu gone, resumed by its agent alone: one copy, intact.
+    wait_until("one copy", lambda: len(_copies(token)) == 1, 20)
+    assert job.node() == 0x640B
+    _counts_on(job, 3)
+    assert len(_copies(token)) == 1
