@@ -581,6 +581,7 @@ class HostedJob:
             raise
         t_done = time.monotonic()
         if lazy is not None:
+            self.state = "moved"  # it runs on the target: nothing here acts for it any more
             # The original stays frozen until the target has every page; after the commit a
             # broken transfer loses the job (the target's copy ran on: never resumed here).
             try:

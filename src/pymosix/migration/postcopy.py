@@ -508,8 +508,7 @@ async def receive(
         if hosted is not None:
             # Killed before the page stream is let go (and before the watcher could kill a
             # reused PID: not reaped yet): a fault must never be answered with a zeroed page.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(hosted.pid, signal.SIGKILL)
+            _kill_tree(hosted.pid)
         await _end_daemon(daemon)
         if committed and hosted is not None:
             # Its memory stopped coming after it ran here: it cannot go on; home hears it lost.
@@ -532,8 +531,7 @@ async def receive(
             beats.cancel()
         if hosted is not None and daemon is not None and daemon.returncode is None:
             # Cancelled (the agent stops) with pages still to come: the job goes before them.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(hosted.pid, signal.SIGKILL)
+            _kill_tree(hosted.pid)
         if hosted is not None and hosted._moving.locked():
             hosted._moving.release()
         if relay is not None and not relay.done():
@@ -548,6 +546,14 @@ async def receive(
                     os.close(fd)
         await _end_daemon(daemon)
         shutil.rmtree(images, ignore_errors=True)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL every process of the job at once, not only its init (its children would die
+    only once the init has)."""
+    for p in tree_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
 
 
 async def _end_daemon(daemon: asyncio.subprocess.Process | None) -> None:
