@@ -7,15 +7,16 @@ pushes the rest in the background into the job that `criu restore --lazy-pages` 
 is one end of a local socketpair whose other end an agent relays over the authenticated,
 encrypted channel (as pages.py does for stop-and-copy): CRIU never listens on the network.
 
-Exactly one copy (docs/migration.md, "Post-copy"): home's commit point decides, as for every
-move. The source queues a SIGSTOP into every process of the job as soon as its images are
+Exactly one copy (docs/reliability.md, "Post-copy moves"): home's commit point decides, as for
+every move. The source queues a SIGSTOP into every process of the job as soon as its images are
 ready, so that nothing criu does on a failure (it resumes a dumpee whose lazy transfer failed)
 can make the original run: only the agent resumes it, and only on a rollback. Once the move
 committed the original stays frozen until the target has every page and is then killed; if the
 transfer breaks after the commit the job is lost (never resumed from the frozen original, whose
-state is older than what the target's copy already did). The target kills its copy first, then
-lets go of the page stream: a copy whose pages stopped coming never runs on zeroed memory, and a
-watcher outside the agent kills it if the agent itself dies.
+state is older than what the target's copy already did). The target's agent kills its copy
+before it lets go of the page stream (a page that never came would read as zeros once the
+lazy-pages daemon is gone); if the daemon fails first, or the agent dies, a watcher outside the
+agent kills the copy the moment the daemon exits.
 """
 
 from __future__ import annotations
