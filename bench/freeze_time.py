@@ -48,9 +48,11 @@ def bare(mb: int) -> float:
     """Dump (leave stopped) and restore on this node, the way pymosix freezes and restarts a job."""
     become_subreaper()
     r, w = os.pipe()
-    null = os.open(os.devnull, os.O_RDWR)
+    # Pipes, as a pymosix job has: a /dev/null opened out here is on a mount the job's own
+    # mount namespace does not list, and criu cannot dump it.
+    null, in_w = os.pipe()
     pid = spawn_job(
-        JobSpec(["python3", "-c", JOB.format(mb=mb)], env={"PATH": "/usr/bin:/bin"}), null, w, null
+        JobSpec(["python3", "-c", JOB.format(mb=mb)], env={"PATH": "/usr/bin:/bin"}), null, w, w
     )
     os.close(w)
     images = Path(tempfile.mkdtemp(prefix="pmx-bench-", dir="/dev/shm"))
@@ -76,13 +78,14 @@ def bare(mb: int) -> float:
                     pass
         os.close(r)
         os.close(null)
+        os.close(in_w)
         shutil.rmtree(images, ignore_errors=True)
 
 
 def bare_on_node(bed: TestBed, node: int, mb: int) -> float:
     """bare() in a process of its own inside the node (its network namespace and cpuset)."""
     argv = [sys.executable, "-m", "bench.freeze_time", "--bare-only", str(mb)]
-    r = bed.exec(node, argv, timeout_s=600, cwd=Path(__file__).resolve().parent.parent)
+    r = bed.exec(node, argv, timeout_s=600, cwd=str(Path(__file__).resolve().parent.parent))
     if r.returncode != 0:
         raise RuntimeError(f"bare criu on node {node} failed: {r.stderr.strip()[-300:]}")
     return float(r.stdout.strip().splitlines()[-1])

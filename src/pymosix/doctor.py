@@ -222,6 +222,31 @@ def check_criu(
     return Check("criu", Status.WARN, detail, f"{setup_fix()} to get CRIU 4.2")
 
 
+def check_postcopy(pipe_max: int, has_sys_resource: bool, criu_version: str) -> Check:
+    """Whether big jobs can move by post-copy here (migration/postcopy.py): else stop-and-copy."""
+    from pymosix.migration.postcopy import lazy_problem
+
+    version = tuple(int(x) for x in re.findall(r"\d+", criu_version)[:3])
+    why = lazy_problem(pipe_max, has_sys_resource, version)
+    if why is None:
+        return Check("post-copy", Status.OK, "available: big jobs run on the target at once")
+    detail, _, fix = why.partition(" (fix: ")
+    fix = fix.rstrip(")") or f"{setup_fix()} to get CRIU 4.2"
+    return Check(
+        "post-copy", Status.WARN, f"not available, big jobs move stop-and-copy: {detail}", fix
+    )
+
+
+def _criu_version(criu: str) -> str:
+    path = find_criu(criu)
+    if path is None:
+        return ""
+    r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20, check=False)
+    return next(
+        (ln.split(":", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("Version:")), ""
+    )
+
+
 def check_netns() -> Check:
     ip = shutil.which("ip")
     if ip is None:
@@ -379,6 +404,11 @@ def run_all(key_file: Path = DEFAULT_KEY_FILE, interface: str = "", criu: str = 
             checks.append(Check(name, Status.FAIL, "not checked: needs full root", "run as root"))
     else:
         checks += guarded("criu", lambda: check_criu(criu))
+        pipe_max = int(_read("/proc/sys/fs/pipe-max-size").strip() or 0)
+        sys_resource = bool(caps >> CAP_SYS_RESOURCE & 1)
+        checks += guarded(
+            "post-copy", lambda: check_postcopy(pipe_max, sys_resource, _criu_version(criu))
+        )
         checks += guarded("netns", check_netns)
     default = auto_interface_name()  # the agent's own rule (pymosix.netif)
     checks += guarded("multicast", lambda: check_multicast(interface, default=default))

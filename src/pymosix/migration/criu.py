@@ -143,12 +143,16 @@ def restore_args(
     inherit_fds: Mapping[int, str],
     join_netns: str | None = None,
     leave_stopped: bool = False,
+    lazy: bool = False,
 ) -> list[str]:
     """criu arguments to restore as the caller's child (-d -S), stdio re-bound to our fds;
-    with leave_stopped every task is left SIGSTOPped (a move resumes it once committed)."""
+    with leave_stopped every task is left SIGSTOPped (a move resumes it once committed); with
+    lazy its memory comes later, from a `criu lazy-pages` daemon (migration/postcopy.py)."""
     args = ["restore", "-D", str(images), "-d", "-S", "--pidfile", str(pidfile), "--auto-dedup"]
     if leave_stopped:
         args.append("--leave-stopped")
+    if lazy:
+        args.append("--lazy-pages")
     # The job's mount namespace is rebuilt on the target's root, from the target's own mounts.
     args += ["--root", "/", "--external", "mnt[]"]
     # Leave cgroups alone: the job joins the restoring agent's own (its cpuset, in a test bed).
@@ -432,6 +436,7 @@ class CriuDriver:
         join_netns: str | None = None,
         log: Path | None = None,
         leave_stopped: bool = False,
+        lazy: bool = False,
     ) -> RestoreResult:
         """Restore the job as our child; `inherit_fds` maps our fd -> the image's ``pipe:[INO]``.
 
@@ -443,7 +448,7 @@ class CriuDriver:
             pidfile.unlink()
         for fd in inherit_fds:
             os.set_inheritable(fd, True)
-        args = restore_args(images, log, pidfile, inherit_fds, join_netns, leave_stopped)
+        args = restore_args(images, log, pidfile, inherit_fds, join_netns, leave_stopped, lazy)
         await self._run(args, log, pass_fds=list(inherit_fds))
         try:
             pid = int(pidfile.read_text().strip())

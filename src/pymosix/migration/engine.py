@@ -28,7 +28,7 @@ from pymosix.errors import (
     PymosixError,
 )
 from pymosix.ids import format_node_id
-from pymosix.migration import checkpoint, cputime, procstate
+from pymosix.migration import checkpoint, cputime, postcopy, procstate
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
 from pymosix.migration.checkpoint import Held
@@ -145,6 +145,7 @@ class MigrationEngine:
         self.image_root = image_root(agent.node_id, os.getpid())
         #: Largest image taken from a peer (max_image_mib).
         self.max_image_bytes = agent.config.max_image_mib << 20
+        self.postcopy_min_mib = agent.config.postcopy_min_mib
         self.home_jobs: dict[int, HomeJob] = {}
         self.hosted: dict[tuple[int, int], HostedJob] = {}
         #: Protocol messages dropped or delayed on purpose (tests; migration/faults.py).
@@ -666,6 +667,9 @@ class MigrationEngine:
             moved(Refused(refusal))
             await ch.send(Frame.FAILED, {"error": refusal})
             return False
+        if await postcopy.target_takes(self, p, meta.home_pid):
+            await ch.send(Frame.READY, {"postcopy": True})
+            return await postcopy.receive(self, ch, p, moved)
         images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
         images.mkdir(mode=0o700)
         criu_end, ours = page_socketpair()
@@ -804,14 +808,20 @@ class MigrationEngine:
         return needs_refusal(needs, here)
 
     async def restore_job(
-        self, meta: JobMeta, images: Path, keys: dict[int, str], stdin: bytes, stdin_eof: bool
+        self,
+        meta: JobMeta,
+        images: Path,
+        keys: dict[int, str],
+        stdin: bytes,
+        stdin_eof: bool,
+        lazy: bool = False,
     ) -> HostedJob:
         in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()
         inherit = {in_r: keys[0], out_w: keys[1]}
         if keys[2] != keys[1]:
             inherit[err_w] = keys[2]
         try:
-            result = await self.criu.restore(images, inherit, leave_stopped=True)
+            result = await self.criu.restore(images, inherit, leave_stopped=True, lazy=lazy)
         except BaseException:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)

@@ -29,7 +29,7 @@ import psutil
 from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import format_node_id
 from pymosix.keys import KeyRing
-from pymosix.migration import checkpoint, cputime, procstate
+from pymosix.migration import checkpoint, cputime, postcopy, procstate
 from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.criu import CriuDriver, resume_dumped
@@ -61,6 +61,8 @@ class HostEngine(Protocol):
     def image_root(self) -> Path: ...
     @property
     def faults(self) -> Faults: ...
+    @property
+    def postcopy_min_mib(self) -> int: ...
     async def migrate_hosted(
         self, job: HostedJob, target: int, offer_load: float | None = None
     ) -> int: ...
@@ -184,6 +186,8 @@ class HostedJob:
     _verdict: asyncio.Future[bool] | None = None
     #: What the target said it received of the last image (for the metrics' histogram).
     _image_bytes: int = 0
+    #: The move under way is a post-copy (both nodes agreed in the offer: postcopy.py).
+    postcopy: bool = False
 
     # --- life --------------------------------------------------------------------------------
 
@@ -561,6 +565,7 @@ class HostedJob:
                     "reason": reason,
                     "needs": needs.to_wire(),
                     "move": self.move_id,
+                    "postcopy": await postcopy.source_offer(self),
                 },
             )
             kind, p = await asyncio.wait_for(ch.recv(), 30)
@@ -573,6 +578,7 @@ class HostedJob:
         if kind != Frame.READY:
             await ch.aclose()
             raise Refused(f"the target refused: {p.get('error', 'no reason given')}")
+        self.postcopy = bool(p.get("postcopy"))
         return ch
 
     async def _move(self, ch: Channel, target: int, t_begin: float) -> MoveStats:
@@ -594,10 +600,15 @@ class HostedJob:
         leftover = b""
         # Before the freeze: which processes the job itself keeps stopped (they stay so).
         keep_stopped = procstate.stopped_by_job(self.pid)
+        lazy: postcopy.LazySource | None = None
         try:
             self._unwatch_output()
             t_freeze = time.monotonic()
-            await self._dump(ch, images, target, m)
+            if self.postcopy:
+                lazy = await postcopy.dump_lazy(self, ch, images)
+                ch = lazy.channel  # pages flow on it from now on, beside the move's frames
+            else:
+                await self._dump(ch, images, target, m)
             m.step(E.FROZEN, time.monotonic())
             t_dumped = time.monotonic()
             self._flush_ack.clear()
@@ -614,6 +625,8 @@ class HostedJob:
                 target,
             )
         except BaseException as e:
+            if lazy is not None:
+                await lazy.stop()  # criu lets go of the job, which stays stopped
             if m.state in (S.COMMITTED, S.LOST):
                 raise  # not ours any more: never resumed here (see _finish_transfer)
             # Rollback: the unread stdin goes back into the pipe, the job goes on here.
@@ -642,9 +655,17 @@ class HostedJob:
                     f"migration to node {target} failed: {e or type(e).__name__}"
                 ) from None
             raise
+        t_done = time.monotonic()
+        if lazy is not None:
+            self.state = "moved"  # it runs on the target: nothing here acts for it any more
+            # The original stays frozen until the target has every page; after the commit a
+            # broken transfer loses the job (the target's copy ran on: never resumed here).
+            try:
+                await lazy.last_page(self.meta.home_pid)
+            except MigrationError as e:
+                log.error("job %d: %s after the move committed", self.meta.home_pid, e)
         self._drop_original(images)
         await self._reap_original()
-        t_done = time.monotonic()
         log.info(
             "job %d moved to node %d (pid %d there): frozen %.3f s (dump and pages %.3f, "
             "flush %.3f, rest of the image and restore %.3f); pause took %.3f s",
@@ -659,6 +680,12 @@ class HostedJob:
         )
         self.finish()
         return MoveStats(new_pid, t_done - t_freeze, self._image_bytes)
+
+    def lose(self) -> None:
+        """The job cannot go on here (its memory stopped coming): home hears the link end and
+        reports the job lost, with no exit status of ours (it was killed on purpose)."""
+        self.state = "lost"
+        self._outq.put_nowait(None)
 
     def _drop_original(self, images: Path) -> None:
         """The copy on the target is the job now (or may be): the frozen original goes."""
