@@ -233,7 +233,10 @@ def check_postcopy(pipe_max: int, has_sys_resource: bool, criu_version: str) -> 
     detail, _, fix = why.partition(" (fix: ")
     fix = fix.rstrip(")") or f"{setup_fix()} to get CRIU 4.2"
     return Check(
-        "post-copy", Status.WARN, f"not available, big jobs move stop-and-copy: {detail}", fix
+        "post-copy",
+        Status.WARN,
+        f"not available (optional, postcopy_min_mib), big jobs move stop-and-copy: {detail}",
+        fix,
     )
 
 
