@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 from itertools import pairwise
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import Job, MakeBed
-from tests.kernel.test_reliability import _copies
+from tests.kernel.test_reliability import BIG, _copies
 
 pytestmark = pytest.mark.kernel
 
@@ -152,3 +153,37 @@ def test_a_job_at_home_outlives_a_stop_and_start_of_its_agent(
     job.proc.kill()
     wait_until("the job gone", lambda: not _copies(token), 15)
     wait_until("its holder gone", lambda: not _holders(bed, 1), 10)
+
+
+def test_a_job_whose_agent_died_moving_it_is_not_adopted_and_no_copy_runs(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    """Frozen at home, its pages half on node2: the new agent knows no such move, so the
+    target cannot commit, and the original is not taken back either: zero copies, told."""
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", BIG, token])
+    jobs.append(job)
+    job.counts(2)
+    move = bed.popen(
+        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(
+            "pages arriving on node2",
+            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
+            30.0,
+            poll_s=0.005,
+        )
+        bed.kill_agent(1)
+        move.communicate(timeout=60)
+    finally:
+        if move.poll() is None:
+            move.kill()
+        move.wait()
+    bed.start_agent(1)
+    assert job.proc.wait(timeout=40) == 255
+    assert job.proc.stderr is not None
+    assert b"the agent died while it moved the job" in job.proc.stderr.read()
+    wait_until("no copy anywhere", lambda: not _copies(token), 20)
+    wait_until("no holder left", lambda: not _holders(bed, 1), 10)

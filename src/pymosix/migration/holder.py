@@ -7,8 +7,9 @@ never reads them), reaps the job and keeps its exit status, and serves a root-on
 ``STATE_DIR/jobs/hold-PID.sock``. To each agent that connects (uid 0 by SO_PEERCRED) it sends
 one hello line with the pipe fds (SCM_RIGHTS) and the status if the job already ended; then
 ``{"t": "exit", "status": N}`` when the job ends. The agent sends ``stdin-eof`` (close your copy of
-stdin's write end, so the job sees its EOF), ``kill`` and ``done`` (the agent needs you no more:
-go once the job is dead).
+stdin's write end, so the job sees its EOF), ``kill``, ``done`` (the agent needs you no more:
+go once the job is dead), and ``moving`` / ``still`` around a move: the hello says whether the
+last agent died in one (the job may be frozen, or restored elsewhere: it is not adopted).
 
 No orphan: with no agent connected, the holder kills the job once its mosrun is gone (mosrun
 waits 30 s for a new agent, then gives up), and a holder keeps an exit status nobody fetched
@@ -69,7 +70,7 @@ def hold(job, spec):
     os.setsid()  # out of the agent's session: a terminal's signals to it are not ours
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
-    status, conn, buf, released, alone = None, None, b"", False, time.monotonic()
+    status, conn, buf, released, alone, moving = None, None, b"", False, time.monotonic(), False
     def tell(msg):
         try:
             conn.sendall((json.dumps(msg) + "\n").encode())
@@ -110,6 +111,8 @@ def hold(job, spec):
                     os.kill(job, signal.SIGKILL)
                 elif line == b"done":
                     released = True
+                elif line in (b"moving", b"still"):
+                    moving = line == b"moving"
         if srv in ready:
             c = srv.accept()[0]
             uid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
@@ -120,7 +123,8 @@ def hold(job, spec):
                 conn.close()  # an agent that went: the new one speaks for the job now
             conn, buf, released = c, b"", False
             have = [n for n in ["in_w", "in_r", "out_r", "err_r"] if n in fds]
-            hello = (json.dumps({"t": "hello", "pid": job, "fds": have, "status": status}) + "\n").encode()
+            hello = {"t": "hello", "pid": job, "fds": have, "status": status, "moving": moving}
+            hello = (json.dumps(hello) + "\n").encode()
             try:
                 if have:
                     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fds[n] for n in have]))]
@@ -154,6 +158,8 @@ class Holder:
         self._on_lost: Callable[[], None] | None = None
         self._reading = False
         self.released = False
+        #: The agent before was moving the job when it died (the hello says).
+        self.was_moving = False
 
     @classmethod
     def connect_sync(cls, path: Path, timeout_s: float = HELLO_S) -> Holder:
@@ -181,6 +187,7 @@ class Holder:
                 raise OSError(f"the job's holder at {path} sent {len(fds)} fds for {names}")
             status = hello.get("status")
             h = cls(sock, path, int(hello["pid"]), dict(zip(names, fds, strict=True)), status)
+            h.was_moving = bool(hello.get("moving"))
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -252,6 +259,9 @@ class Holder:
 
     def kill(self) -> None:
         self._send(b"kill\n")
+
+    def moving(self, on: bool) -> None:
+        self._send(b"moving\n" if on else b"still\n")
 
     def release(self) -> None:
         """The agent is done with the job (it exited, or moved away and its original dies)."""

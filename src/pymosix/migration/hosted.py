@@ -548,9 +548,13 @@ class HostedJob:
             except BaseException:
                 self.move.step(E.REFUSED, time.monotonic())
                 raise
+            if self.holder is not None:
+                self.holder.moving(True)  # an agent dying from here on leaves it to no one
             try:
                 return await self._move(ch, target, t_begin)
             finally:
+                if self.holder is not None:
+                    self.holder.moving(False)
                 await close_channel(ch)
 
     async def _offer(

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 from pymosix.control_server import ControlConnection
 from pymosix.errors import PymosixError
 from pymosix.migration.holder import Holder, socket_path
-from pymosix.migration.home import HomeJob
+from pymosix.migration.home import LOST_STATUS, HomeJob
 from pymosix.migration.hosted import HostedJob
 from pymosix.migration.lifecycle import JobMeta
 from pymosix.migration.link import LocalLink
 from pymosix.migration.orphans import start_time
 from pymosix.migration.spawn import Hold, JobSpec, SpawnError, start_job
-from pymosix.migration.stdio import STDIO_FRAMES
+from pymosix.migration.stdio import STDIO_FRAMES, ctrl_frame
 
 if TYPE_CHECKING:
     from pymosix.migration.engine import MigrationEngine
@@ -130,8 +130,30 @@ class Restarts:
             self.pending[conn.peer.pid] = rec  # perhaps once more; the timer still runs
             raise PymosixError(f"the job's holder did not answer: {e}") from None
         Path(rec["file"]).unlink(missing_ok=True)  # recorded again, under this agent
-        await self._serve(rec, holder, conn, bool(req.get("stdin_eof")))
+        if holder.was_moving:
+            await self._lost_in_a_move(rec, holder, conn)
+        else:
+            await self._serve(rec, holder, conn, bool(req.get("stdin_eof")))
         return None
+
+    async def _lost_in_a_move(
+        self, rec: dict[str, Any], holder: Holder, conn: ControlConnection
+    ) -> None:
+        """Its agent died moving it: the original may be frozen and a copy restored on the
+        target, which cannot commit now (home knows no such move): no copy, told truthfully."""
+        log.warning("job %d: its agent died moving it; killed", rec["home_pid"])
+        holder.kill()
+        holder.close_fds()
+        holder.release()
+        await conn.send(
+            {"ok": True, "t": "reattached", "node": rec["home_node"], "stdio": STDIO_FRAMES}
+        )
+        for msg in (
+            {"t": "error", "message": "the agent died while it moved the job: the job is gone"},
+            {"t": "exit", "code": LOST_STATUS, "signal": None},
+        ):
+            conn.writer.write(ctrl_frame(msg))
+        await conn.writer.drain()
 
     async def _serve(
         self, rec: dict[str, Any], holder: Holder, conn: ControlConnection, stdin_eof: bool
