@@ -305,6 +305,11 @@ class NodeAgent:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        """SIGTERM came (a stop, or systemd's restart): jobs with a holder wait for the next."""
+        return self._stopping.is_set()
+
     # --- sockets ---------------------------------------------------------------------------
 
     async def _open_sockets(self) -> None:

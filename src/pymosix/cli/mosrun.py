@@ -27,7 +27,9 @@ mosrun relays stdin, stdout and stderr, forwards signals, and exits with the job
 when it died of signal N), wherever the job runs. Killing mosrun kills the job.
 
 Exit status 255: the job is lost (its node vanished and no checkpoint of it was here: "job
-lost with node 0x640c", within 5 s of its last sign of life), or the agent went away. With a
+lost with node 0x640c", within 5 s of its last sign of life), or the agent went away and no new
+one took the job back within 30 s (an agent restarted at once takes a job back that runs at
+home: mosrun goes on as before; docs/reliability.md). With a
 checkpoint mosrun says instead "node 0x640c lost: the job goes on at home from a checkpoint of
 N s ago", and the job runs on. SIGTERM, SIGINT (Ctrl-C) and SIGHUP always
 end mosrun: the first is forwarded to the job (which may handle it); a second one ends mosrun
@@ -41,6 +43,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +65,8 @@ from pymosix.migration.stdio import (
     widen_output,
 )
 
+#: How long mosrun waits for a new agent to take its job back when its agent went away.
+REATTACH_S = 30.0
 #: Signals that end mosrun when they come twice, whatever the job does (see the docstring).
 ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORWARDED = (
@@ -220,6 +225,7 @@ class Deputy:
         self.early = bytes(client._buf)
         #: The first ending signal forwarded (a second one ends mosrun).
         self.ending: int | None = None
+        self.stdin_open = True
 
     def _send(self, frame: bytes) -> None:
         # If the agent already closed, what it said before closing is still to be read.
@@ -235,11 +241,10 @@ class Deputy:
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         self.sel.register(self.sock, selectors.EVENT_READ, "sock")
         self.sel.register(self.sig_r, selectors.EVENT_READ, "sig")
-        stdin_open = True
         try:
             self.sel.register(0, selectors.EVENT_READ, "stdin")
         except (ValueError, OSError, PermissionError):
-            stdin_open = False
+            self.stdin_open = False
             self.send({"t": "eof"})
         code = self._received(self.early)
         while code is None:
@@ -248,13 +253,13 @@ class Deputy:
                     code = self._from_agent()
                     if code is not None:
                         return code
-                elif key.data == "stdin" and stdin_open:
+                elif key.data == "stdin" and self.stdin_open:
                     data = os.read(0, CHUNK)
                     if data:
                         self._send(data_head(0, len(data)) + data)
                     else:
                         self.sel.unregister(0)
-                        stdin_open = False
+                        self.stdin_open = False
                         self.send({"t": "eof"})
                 elif key.data == "sig":
                     for b in os.read(self.sig_r, 64):
@@ -271,10 +276,47 @@ class Deputy:
         except ConnectionError:
             n = 0
         if not n:
-            print("mosrun: the agent went away; the job's fate is unknown", file=sys.stderr)
-            return 255
+            if not self._reattach():
+                print(
+                    f"mosrun: the agent went away and none took the job back within "
+                    f"{REATTACH_S:.0f} s; the job's fate is unknown",
+                    file=sys.stderr,
+                )
+                return 255
+            print("mosrun: the agent restarted; the job goes on", file=sys.stderr)
+            return self._received(self.early)
         self.frames.filled(n)
         return self._handle()
+
+    def _reattach(self) -> bool:
+        """The agent went (a crash, a restart): ask its next one, by this process's PID, for
+        the job back (docs/reliability.md). Output the dead agent had read and not sent, and a
+        frame it had begun, are lost."""
+        self.sel.unregister(self.sock)
+        self.sock.close()
+        deadline = time.monotonic() + REATTACH_S
+        while time.monotonic() < deadline:
+            try:
+                client = ControlClient(self.client.path, timeout_s=5.0)
+            except (PymosixError, OSError):
+                time.sleep(0.2)
+                continue
+            try:
+                client.send("reattach", stdin_eof=not self.stdin_open)
+                reply = client.receive()
+            except (PymosixError, OSError):
+                reply = {}
+            if not reply.get("ok") or reply.get("stdio") != STDIO_FRAMES:
+                client.close()
+                time.sleep(0.2)  # not yet adopted (the agent is starting), or never
+                continue
+            self.client, self.sock = client, client.sock
+            self.sock.settimeout(None)
+            self.frames = FrameReader(TO_MOSRUN)
+            self.early = bytes(client._buf)
+            self.sel.register(self.sock, selectors.EVENT_READ, "sock")
+            return True
+        return False
 
     def _received(self, data: bytes) -> int | None:
         view = memoryview(data)

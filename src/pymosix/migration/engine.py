@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import time
@@ -52,13 +51,13 @@ from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
+from pymosix.migration.restart import Restarts, record_extra, start_held, user_name
 from pymosix.migration.spawn import (
     JobSpec,
     SpawnError,
     become_subreaper,
     groups_of,
     nice_of,
-    start_job,
     umask_of,
 )
 from pymosix.migration.stdio import STDIO_FRAMES, stdio_pipes
@@ -128,13 +127,6 @@ def _key(job: HostedJob) -> tuple[int, int]:
     return job.meta.home_pid, job.meta.home_node
 
 
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 class MigrationEngine:
     """Jobs and their moves on one node."""
 
@@ -153,6 +145,7 @@ class MigrationEngine:
         #: Records of the jobs held here, so that a next agent removes what a crash left.
         self.state_dir = agent.config.state_dir
         self.records = JobRecords(self.state_dir)
+        self.restarts = Restarts(self)  # jobs at home outlive this agent (restart.py)
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
         self.refusals = Refusals()
         self._server: asyncio.AbstractServer | None = None
@@ -184,6 +177,7 @@ class MigrationEngine:
         become_subreaper()
         self._remove_stale_images()
         self.records.sweep()
+        self.restarts.adopt(self.records.left)
         checkpoint.sweep(self.state_dir)
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
@@ -205,7 +199,8 @@ class MigrationEngine:
         for job in list(self.hosted.values()):
             if job.state == "running" and job.meta.home_node != self.agent.node_id:
                 log.error("job %d of node %d could not leave: killed", *_key(job))
-            job.deliver_signal(9)
+            if job.holder is None:  # a job at home waits for the next agent (restart.py)
+                job.deliver_signal(9)
         for t in list(self._conns):
             t.cancel()
         shutil.rmtree(self.image_root, ignore_errors=True)
@@ -272,7 +267,7 @@ class MigrationEngine:
 
     def add_hosted(self, job: HostedJob) -> None:
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
-        self.records.record(job.pid, job.meta.home_node, job.meta.home_pid)
+        self.records.record(job.pid, job.meta.home_node, job.meta.home_pid, record_extra(job))
         job.start()
         if self.load is not None:
             self.load.job_moved(+1)
@@ -306,9 +301,9 @@ class MigrationEngine:
             umask=umask_of(conn.peer.pid),
             nice=nice_of(conn.peer.pid),
         )
-        in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()
+        in_r, in_w, out_r, out_w, err_r, err_w = fds = stdio_pipes()
         try:
-            pid = await start_job(spec, in_r, out_w, err_w)
+            pid, holder = await start_held(spec, fds, self.records.dir, home_pid)
         except SpawnError as e:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -319,8 +314,9 @@ class MigrationEngine:
         hosted = HostedJob(
             self, meta, pid, in_w, in_r, {1: out_r, 2: err_r}, host_end, time.monotonic()
         )
+        hosted.holder = holder
         home = HomeJob(
-            self, meta, conn, home_end, self.agent.node_id, user=_user_name(conn.peer.uid)
+            self, meta, conn, home_end, self.agent.node_id, user=user_name(conn.peer.uid)
         )
         self.home_jobs[home_pid] = home
         self.add_hosted(hosted)
@@ -507,7 +503,7 @@ class MigrationEngine:
                 rows.append(
                     {
                         "home_pid": h.meta.home_pid,
-                        "user": _user_name(h.meta.uid),
+                        "user": user_name(h.meta.uid),
                         "node": me,
                         "home_node": h.meta.home_node,
                         "guest": True,

@@ -34,6 +34,7 @@ from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
 from pymosix.migration.channel import Channel, open_channel
 from pymosix.migration.criu import CriuDriver, resume_dumped
 from pymosix.migration.faults import Faults
+from pymosix.migration.holder import Holder
 from pymosix.migration.lifecycle import DEADLINES, RETRY_S, E, JobMeta, Machine, S
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.moves import CannotMove, MoveStats, Refused
@@ -47,6 +48,8 @@ class _Agent(Protocol):
     def keys(self) -> KeyRing: ...
     @property
     def node_id(self) -> int: ...
+    @property
+    def stopping(self) -> bool: ...
 
 
 class HostEngine(Protocol):
@@ -188,6 +191,8 @@ class HostedJob:
     _image_bytes: int = 0
     #: The move under way is a post-copy (both nodes agreed in the offer: postcopy.py).
     postcopy: bool = False
+    #: The job's parent when it is not this agent (a job started here: migration/holder.py).
+    holder: Holder | None = None
 
     # --- life --------------------------------------------------------------------------------
 
@@ -200,8 +205,11 @@ class HostedJob:
             # Not stdin_r: it shares its open file, and so O_NONBLOCK, with the job's stdin.
             _nonblocking(fd)
         self._watch_output()
-        self._pidfd = os.pidfd_open(self.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
+        if self.holder is not None:  # its parent: the job may have ended (and been reaped)
+            self.holder.watch(self._exited, self._holder_lost)
+        else:
+            self._pidfd = os.pidfd_open(self.pid)
+            loop.add_reader(self._pidfd, self._on_exit)
         self._receiving = asyncio.create_task(self._receiver())
         self._tasks = [
             asyncio.create_task(self._sender()),
@@ -321,6 +329,8 @@ class HostedJob:
                 # Home beats too: silence this long means it is gone (or cut off).
                 kind, p = await asyncio.wait_for(self.link.recv(), HOME_SILENT_S)
             except (EOFError, TimeoutError):
+                if self.holder is not None and self.engine.agent.stopping:
+                    return  # the agent stops: the holder keeps the job for its next agent
                 if self.state == "running":
                     # Home is gone (mosrun died with its node): no orphans.
                     log.warning("job %d lost its home; killing it", self.meta.home_pid)
@@ -382,6 +392,8 @@ class HostedJob:
             ):
                 os.close(self.stdin_w)
                 self.stdin_w = None
+                if self.holder is not None:
+                    self.holder.stdin_ended()  # its copy too, or the job never sees the EOF
 
     async def _stats(self) -> None:
         with contextlib.suppress(psutil.Error):
@@ -430,6 +442,19 @@ class HostedJob:
         if pid == 0:
             return
         asyncio.get_running_loop().remove_reader(self._pidfd)
+        self._exited(status)
+
+    def _holder_lost(self) -> None:
+        """Its holder died first: the job is re-parented to this agent (a subreaper)."""
+        self.holder = None
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self._exited(signal.SIGKILL)  # gone with it, its status with it
+            return
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+
+    def _exited(self, status: int) -> None:
         if self.state != "running":
             return  # the frozen original of a job that moved: killed on purpose
         self.state = "exited"
@@ -455,6 +480,8 @@ class HostedJob:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(self._pidfd)
+        if self.holder is not None:
+            self.holder.release()
         self._unwatch_output()
         # The sender stays: it delivers what is queued (EXIT last) and ends on its own.
         for t in self._tasks[1:]:
@@ -525,9 +552,13 @@ class HostedJob:
             except BaseException:
                 self.move.step(E.REFUSED, time.monotonic())
                 raise
+            if self.holder is not None:
+                self.holder.moving(True)  # an agent dying from here on leaves it to no one
             try:
                 return await self._move(ch, target, t_begin)
             finally:
+                if self.holder is not None:
+                    self.holder.moving(False)
                 await close_channel(ch)
 
     async def _offer(

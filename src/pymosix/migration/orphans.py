@@ -4,7 +4,9 @@ removes the jobs they left running: parentless namespace inits nobody can reach,
 spin or write files forever, unseen by mps.
 
 A record names the job's host PID and its start time (field 22 of /proc/PID/stat), so a PID
-reused by another process is never touched.
+reused by another process is never touched. A job started here has a holder (holder.py) and its
+record what a next agent needs to adopt it (restart.py): such a job is left to be adopted, not
+killed, while its holder answers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +37,21 @@ class JobRecords:
     def __init__(self, state_dir: Path, agent_pid: int | None = None) -> None:
         self.dir = state_dir / "jobs"
         self.agent_pid = agent_pid if agent_pid is not None else os.getpid()
+        #: Records of dead agents' jobs whose holder answered (sweep): to be adopted.
+        self.left: list[dict[str, Any]] = []
 
     def _path(self, pid: int) -> Path:
         return self.dir / f"{self.agent_pid}-{pid}.json"
 
-    def record(self, pid: int, home_node: int, home_pid: int) -> None:
+    def record(
+        self, pid: int, home_node: int, home_pid: int, extra: dict[str, Any] | None = None
+    ) -> None:
         started = start_time(pid)
         if started is None:
             return
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         rec = {"pid": pid, "start": started, "home_node": home_node, "home_pid": home_pid}
+        rec |= extra or {}
         tmp = self._path(pid).with_suffix(".tmp")
         tmp.write_text(json.dumps(rec))
         tmp.replace(self._path(pid))
@@ -50,9 +59,11 @@ class JobRecords:
     def forget(self, pid: int) -> None:
         self._path(pid).unlink(missing_ok=True)
 
-    def sweep(self, proc: Path = Path("/proc")) -> list[dict[str, int]]:
-        """Kill the jobs of agents that are gone and drop their records; those killed."""
+    def sweep(self, proc: Path = Path("/proc")) -> list[dict[str, Any]]:
+        """Kill the jobs of agents that are gone and drop their records; those killed. Jobs
+        whose holder answers are left, their records in `left` (with "file")."""
         killed = []
+        self.left = []
         for f in sorted(self.dir.glob("*-*.json")) if self.dir.is_dir() else []:
             agent = f.name.split("-", 1)[0]
             if not agent.isdigit() or int(agent) == self.agent_pid:
@@ -60,10 +71,18 @@ class JobRecords:
             if start_time(int(agent), proc) is not None and int(agent) != self.agent_pid:
                 continue  # that agent still runs (another agent of this node, a test bed's)
             try:
-                rec = {k: int(v) for k, v in json.loads(f.read_text()).items()}
-            except (OSError, ValueError, AttributeError):
+                rec = dict(json.loads(f.read_text()))
+                for k in ("pid", "start", "home_node", "home_pid"):
+                    rec[k] = int(rec[k])
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 f.unlink(missing_ok=True)
                 continue
+            if holder_answers(rec.get("holder")):
+                # Its holder has it (or its exit status): it may be adopted (restart.py).
+                self.left.append(rec | {"file": str(f)})
+                continue
+            if isinstance(rec.get("holder"), str):
+                Path(rec["holder"]).unlink(missing_ok=True)  # its holder died (killed)
             if start_time(rec["pid"], proc) == rec["start"]:
                 # The namespace init: its death takes every process of the job with it.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -78,3 +97,16 @@ class JobRecords:
                     )
             f.unlink(missing_ok=True)
         return killed
+
+
+def holder_answers(path: object) -> bool:
+    """Whether a job's holder listens at `path` (a record's "holder"), within a second."""
+    if not isinstance(path, str):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True

@@ -3,8 +3,10 @@ pipes the agent owns (research/criu.md §2).
 
 How: the agent fork-execs a tiny Python helper (`python -I -S -c _HELPER`, ~20 ms) through the
 subprocess machinery, hands it the job's stdio fds and a JSON spec, and reads back the job's host
-PID. The helper unshares the PID (and IPC) namespace, forks the job (PID 1 there), and exits;
-the job is re-parented to the agent, a child subreaper, which can then waitpid() it.
+PID. The helper unshares the PID namespace, forks the job (PID 1 there, which unshares its
+mount and IPC namespaces itself), and exits: the job is re-parented to the agent, a child
+subreaper, which can then waitpid() it. Or, for a job at home, the helper stays as the job's
+parent and holder, so that the job outlives its agent (migration/holder.py).
 
 Why not os.fork() in the agent: the agent is an asyncio process with threads (the default
 executor, asyncio's child watcher), and running Python between fork and exec in a child of a
@@ -29,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pymosix.migration import holder
+
 CLONE_NEWPID = 0x20000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNS = 0x00020000
@@ -37,15 +41,23 @@ SPAWN_TIMEOUT_S = 30.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-#: Runs in a fresh single-threaded interpreter: spec (JSON) on stdin, "OK PID" or "ERR why" out.
-_HELPER = r"""
+#: Runs in a fresh single-threaded interpreter: spec (JSON) on stdin, "OK PID" or "ERR why" out;
+#: with a holder, it stays as the job's parent (migration/holder.py).
+_HELPER = (
+    r"""
 import ctypes, json, os, signal, sys
+"""
+    + holder.SOURCE
+    + r"""
 import warnings  # os.execvpe imports it; after setuid the stdlib may be unreadable
 spec = json.loads(sys.stdin.buffer.read())
+if spec["hold"] is not None and os.fork() != 0:
+    # The holder goes on below (re-parented to the agent, a subreaper); the agent's wait ends.
+    os._exit(0)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 if libc.unshare(spec["flags"]) != 0:
-    print("ERR unshare(CLONE_NEWPID|CLONE_NEWNS): " + os.strerror(ctypes.get_errno()) + " (the agent needs root)")
+    print("ERR unshare(CLONE_NEWPID): " + os.strerror(ctypes.get_errno()) + " (the agent needs root)")
     sys.exit(0)
 def own_proc():
     # The job's mount namespace: a private copy of the agent's, with a /proc of the job's own
@@ -62,6 +74,9 @@ if job == 0:
     what = "set up"
     try:
         os.close(r)
+        what = "unshare(CLONE_NEWNS|CLONE_NEWIPC)"
+        if spec["child_flags"] and libc.unshare(spec["child_flags"]) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         if spec["own_proc"]:
             what = "give the job its own /proc"
             own_proc()
@@ -105,9 +120,12 @@ while chunk := os.read(r, 4096):
 if failed:
     os.waitpid(job, 0)
     print("ERR " + failed.decode(errors="replace"))
-else:
+elif spec["hold"] is None:
     print("OK %d" % job)
+else:
+    hold(job, spec)
 """
+)
 
 
 def become_subreaper() -> None:
@@ -140,18 +158,31 @@ class JobSpec:
     nice: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Keep a holder for the job (migration/holder.py): its socket goes in `jobs_dir`, it keeps
+    `fds` (the agent's in_w, in_r, out_r, err_r) and watches mosrun (`home_pid`)."""
+
+    jobs_dir: Path
+    fds: Sequence[int]
+    home_pid: int
+
+
 class SpawnError(OSError):
     """The job could not be started; the message says why."""
 
 
-def _prepare(spec: JobSpec, stdio: Sequence[int]) -> tuple[list[str], bytes, list[int]]:
-    """The helper's argv, its JSON spec and the (duplicated, >= 3) stdio fds it must inherit."""
+def _prepare(
+    spec: JobSpec, stdio: Sequence[int], hold: Hold | None = None
+) -> tuple[list[str], bytes, list[int]]:
+    """The helper's argv, its JSON spec and the (duplicated, >= 3) fds it must inherit."""
     if not spec.argv:
         raise SpawnError("nothing to run: empty command")
     if spec.uid is not None and spec.gid is None:
         raise SpawnError("a job run as another user needs its gid as well")
     # Copies at 3 or above, so that the helper's own stdin/stdout cannot shadow them.
     fds = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
+    held = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (hold.fds if hold else ())]
     data = {
         "argv": list(spec.argv),
         "cwd": spec.cwd,
@@ -159,15 +190,24 @@ def _prepare(spec: JobSpec, stdio: Sequence[int]) -> tuple[list[str], bytes, lis
         "uid": spec.uid,
         "gid": spec.gid,
         "groups": list(spec.groups),
-        "flags": CLONE_NEWPID
-        | (CLONE_NEWIPC if spec.new_ipc else 0)
+        # The helper (the holder) enters only the PID namespace; the job the others.
+        "flags": CLONE_NEWPID,
+        "child_flags": (CLONE_NEWIPC if spec.new_ipc else 0)
         | (CLONE_NEWNS if spec.own_proc else 0),
         "own_proc": spec.own_proc,
         "umask": spec.umask,
         "nice": spec.nice,
         "stdio": fds,
+        "hold": None
+        if hold is None
+        else {
+            "dir": str(hold.jobs_dir),
+            "fds": held,
+            "home_pid": hold.home_pid,
+            "keep_s": holder.KEEP_S,
+        },
     }
-    return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds
+    return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds + held
 
 
 def _result(out: bytes, returncode: int | None) -> int:
@@ -201,10 +241,13 @@ def spawn_job(spec: JobSpec, stdin: int, stdout: int, stderr: int) -> int:
     return _result(r.stdout, r.returncode)
 
 
-async def start_job(spec: JobSpec, stdin: int, stdout: int, stderr: int) -> int:
-    """`spawn_job` for the event loop: the loop keeps running while the helper works."""
+async def start_job(
+    spec: JobSpec, stdin: int, stdout: int, stderr: int, hold: Hold | None = None
+) -> int:
+    """`spawn_job` for the event loop: the loop keeps running while the helper works. With
+    `hold`, the helper stays as the job's holder (its socket is up when this returns)."""
     become_subreaper()
-    argv, data, fds = _prepare(spec, (stdin, stdout, stderr))
+    argv, data, fds = _prepare(spec, (stdin, stdout, stderr), hold)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

@@ -1,0 +1,191 @@
+"""An agent restart keeps every job at home (issue 16 item 5, docs/reliability.md).
+
+A job started here has a holder (holder.py) that outlives the agent. Its record (orphans.py)
+holds what a next agent needs to rebuild it: the holder's socket, the job's JobMeta, the start
+time of its mosrun. A starting agent keeps the records of dead agents whose holder answers
+(`JobRecords.left`) and waits `WAIT_S` for each job's mosrun to come back (`reattach`, by its own
+PID: SO_PEERCRED); it then takes the pipe fds and the exit status from the holder and goes on as
+if it had started the job. A job whose mosrun does not come back is killed (no orphan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pymosix.control_server import ControlConnection
+from pymosix.errors import PymosixError
+from pymosix.migration.holder import Holder, socket_path
+from pymosix.migration.home import LOST_STATUS, HomeJob
+from pymosix.migration.hosted import HostedJob
+from pymosix.migration.lifecycle import JobMeta
+from pymosix.migration.link import LocalLink
+from pymosix.migration.orphans import start_time
+from pymosix.migration.spawn import Hold, JobSpec, SpawnError, start_job
+from pymosix.migration.stdio import STDIO_FRAMES, ctrl_frame
+
+if TYPE_CHECKING:
+    from pymosix.migration.engine import MigrationEngine
+
+log = logging.getLogger(__name__)
+
+#: How long a new agent waits for the mosrun of a job it may adopt (mosrun retries this long).
+WAIT_S = 30.0
+
+
+async def start_held(
+    spec: JobSpec, fds: Sequence[int], jobs_dir: Path, home_pid: int
+) -> tuple[int, Holder]:
+    """Start a job at home with a holder; fds are (in_r, in_w, out_r, out_w, err_r, err_w)."""
+    in_r, in_w, out_r, out_w, err_r, err_w = fds
+    jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    hold = Hold(jobs_dir, (in_w, in_r, out_r, err_r), home_pid)
+    pid = await start_job(spec, in_r, out_w, err_w, hold)
+    try:
+        holder = await Holder.connect(socket_path(jobs_dir, pid))
+    except (OSError, ValueError, KeyError) as e:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise SpawnError(f"the job's holder did not answer: {e}") from None
+    holder.close_fds()  # the agent has its own ends of the pipes
+    return pid, holder
+
+
+def record_extra(job: HostedJob) -> dict[str, Any] | None:
+    """What a job's record holds beyond its PID for a next agent to adopt it."""
+    if job.holder is None:
+        return None
+    return {
+        "holder": str(job.holder.path),
+        "meta": job.meta.to_wire(),
+        "home_start": start_time(job.meta.home_pid),
+    }
+
+
+def reattach_refusal(rec: dict[str, Any] | None, uid: int, started: int | None) -> str | None:
+    """Why a process (of `uid`, started at `started`) may not take the job `rec` back; None if
+    it may: the job's own mosrun (its PID, found by the caller, and its start time, so a reused
+    PID cannot), of the job's owner."""
+    if rec is None:
+        return "no job of this process waits here to be re-attached"
+    meta = rec.get("meta")
+    if not isinstance(meta, dict) or int(meta.get("uid", -1)) != uid:
+        return "that job belongs to another user"
+    if started is None or rec.get("home_start") != started:
+        return "this process is not the job's mosrun (its PID was reused)"
+    return None
+
+
+class Restarts:
+    """Jobs a dead agent of this node left with their holders, waiting for their mosrun."""
+
+    def __init__(self, engine: MigrationEngine) -> None:
+        self.engine = engine
+        self.pending: dict[int, dict[str, Any]] = {}
+        engine.agent.control.register("reattach", self._op_reattach)
+
+    def adopt(self, records: list[dict[str, Any]]) -> None:
+        """Wait for the mosrun of each job left (JobRecords.left); those that do not come go."""
+        loop = asyncio.get_running_loop()
+        for rec in records:
+            self.pending[rec["home_pid"]] = rec
+            loop.call_later(WAIT_S, self._give_up, rec["home_pid"])
+            log.info(
+                "job %d (pid %d) outlived its agent: waiting %.0f s for its mosrun",
+                rec["home_pid"],
+                rec["pid"],
+                WAIT_S,
+            )
+
+    def _give_up(self, home_pid: int) -> None:
+        rec = self.pending.pop(home_pid, None)
+        if rec is None:
+            return
+        log.warning("job %d: its mosrun did not come back; killed", home_pid)
+        if start_time(rec["pid"]) == rec["start"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec["pid"], signal.SIGKILL)
+        Path(rec["file"]).unlink(missing_ok=True)
+        # Its holder reaps it and, with no agent and no mosrun, goes (holder.py).
+
+    async def _op_reattach(
+        self, req: dict[str, Any], conn: ControlConnection
+    ) -> dict[str, Any] | None:
+        rec = self.pending.get(conn.peer.pid)
+        why = reattach_refusal(rec, conn.peer.uid, start_time(conn.peer.pid))
+        if why is not None or rec is None:
+            raise PymosixError(why or "no job")
+        del self.pending[conn.peer.pid]
+        try:
+            holder = await Holder.connect(Path(rec["holder"]))
+        except (OSError, ValueError, KeyError) as e:
+            self.pending[conn.peer.pid] = rec  # perhaps once more; the timer still runs
+            raise PymosixError(f"the job's holder did not answer: {e}") from None
+        Path(rec["file"]).unlink(missing_ok=True)  # recorded again, under this agent
+        if holder.was_moving:
+            await self._lost_in_a_move(rec, holder, conn)
+        else:
+            await self._serve(rec, holder, conn, bool(req.get("stdin_eof")))
+        return None
+
+    async def _lost_in_a_move(
+        self, rec: dict[str, Any], holder: Holder, conn: ControlConnection
+    ) -> None:
+        """Its agent died moving it: the original may be frozen and a copy restored on the
+        target, which cannot commit now (home knows no such move): no copy, told truthfully."""
+        log.warning("job %d: its agent died moving it; killed", rec["home_pid"])
+        holder.kill()
+        holder.close_fds()
+        holder.release()
+        await conn.send(
+            {"ok": True, "t": "reattached", "node": rec["home_node"], "stdio": STDIO_FRAMES}
+        )
+        for msg in (
+            {"t": "error", "message": "the agent died while it moved the job: the job is gone"},
+            {"t": "exit", "code": LOST_STATUS, "signal": None},
+        ):
+            conn.writer.write(ctrl_frame(msg))
+        await conn.writer.drain()
+
+    async def _serve(
+        self, rec: dict[str, Any], holder: Holder, conn: ControlConnection, stdin_eof: bool
+    ) -> None:
+        engine, me = self.engine, self.engine.agent.node_id
+        meta = JobMeta.from_wire(rec["meta"])
+        fds = holder.fds
+        host_end, home_end = LocalLink.pair()
+        hosted = HostedJob(
+            engine,
+            meta,
+            holder.pid,
+            fds.get("in_w"),
+            fds["in_r"],
+            {1: fds["out_r"], 2: fds["err_r"]},
+            host_end,
+            time.monotonic(),
+            stdin_eof=stdin_eof or "in_w" not in fds,
+            holder=holder,
+        )
+        home = HomeJob(engine, meta, conn, home_end, me, user=user_name(meta.uid))
+        home.stdin_eof = hosted.stdin_eof
+        engine.home_jobs[meta.home_pid] = home
+        engine.add_hosted(hosted)
+        log.info("job %d re-attached to its mosrun (pid %d here)", meta.home_pid, holder.pid)
+        await conn.send({"ok": True, "t": "reattached", "node": me, "stdio": STDIO_FRAMES})
+        await home.serve()
+
+
+def user_name(uid: int) -> str:
+    """A uid's name, or the number if it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
