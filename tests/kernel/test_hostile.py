@@ -201,6 +201,12 @@ FLOOD = textwrap.dedent("""
                 reasons.add(json.loads(data.splitlines()[0])["error"])
             sel.unregister(key.fileobj)
             key.fileobj.close()
+    # Refusals already sent but not yet read are not connections held: read them first.
+    for key, _ in sel.select(timeout=0.5):
+        if key.fileobj.recv(4096):
+            refused += 1
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
     print(json.dumps({"opened": opened, "held": len(sel.get_map()), "refused": refused,
                       "eagain": eagain, "reasons": sorted(reasons)}))
 """)

@@ -160,6 +160,8 @@ def access_refusal(
                     return f"the image opens {path}; {who} may not enter {where} on this node"
             st = lookup(path)
         except OSError as e:
+            if not o.write and _dangling_symlink(path):
+                continue  # an O_PATH fd on a symlink: it reads nothing through it
             return f"the image opens {path}, which this node cannot look up ({e.strerror})"
         if stat.S_ISDIR(st.st_mode):
             want, verb = 1, "enter"
@@ -172,6 +174,13 @@ def access_refusal(
         if not _allowed(st, uid, groups, want):
             return f"the image opens {path}; {who} may not {verb} it on this node"
     return None
+
+
+def _dangling_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _groups(user: str, gid: int) -> frozenset[int]:

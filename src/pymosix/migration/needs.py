@@ -298,7 +298,10 @@ def describe(path: str, how: str) -> FileNeed | None:
     try:
         st = os.stat(path)
     except OSError:
-        return None
+        try:
+            st = os.lstat(path)  # a dangling symlink, held by an O_PATH fd: it is there too
+        except OSError:
+            return None
     regular = stat.S_ISREG(st.st_mode)
     writing = how == "open-rw"
     return FileNeed(
