@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench._common import plot, print_table, write_csv
@@ -91,7 +92,9 @@ def bare_on_node(bed: TestBed, node: int, mb: int) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def pymosix(bed: TestBed, mb: int) -> float:
+@contextlib.contextmanager
+def sized_job(bed: TestBed, mb: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A mosrun job on node1 holding mb MB, once it holds them; killed afterwards."""
     p = bed.popen(
         1,
         ["mosrun", "python3", "-c", JOB.format(mb=mb)],
@@ -103,13 +106,18 @@ def pymosix(bed: TestBed, mb: int) -> float:
         p.stdout.readline()
         row = next(j for j in bed.call(1, "jobs")["jobs"] if j["home_pid"] == p.pid)
         wait_rss(int(row["pid"]), mb)
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def pymosix(bed: TestBed, mb: int) -> float:
+    with sized_job(bed, mb) as p:
         r = bed.exec(1, ["migrate", "--json", str(p.pid), "0x640c"], timeout_s=600)
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
         return float(json.loads(r.stdout)["seconds"])
-    finally:
-        p.kill()
-        p.wait()
 
 
 def main() -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench._common import plot, print_table, write_csv
-from bench.freeze_time import JOB, bare_on_node, wait_rss
+from bench.freeze_time import bare_on_node, sized_job
 from pymosix.migration.postcopy import PIPE_MAX_SIZE, PIPE_NEEDED
 from pymosix.testbed import TestBed
 
@@ -44,17 +43,7 @@ def _from_log(log: Path, pattern: re.Pattern[str], job: int, timeout_s: float = 
 def move(bed: TestBed, mb: int, lazy: bool) -> tuple[float, float | None]:
     """(freeze s, last page s or None) of one move of an mb-MB job from node1 to node2."""
     PIPE_MAX_SIZE.write_text(f"{PIPE_NEEDED if lazy else 1 << 20}\n")
-    p = bed.popen(
-        1,
-        ["mosrun", "python3", "-c", JOB.format(mb=mb)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert p.stdout is not None
-        p.stdout.readline()
-        row = next(j for j in bed.call(1, "jobs")["jobs"] if j["home_pid"] == p.pid)
-        wait_rss(int(row["pid"]), mb)
+    with sized_job(bed, mb) as p:
         time.sleep(1.5)  # the agent's memory figure (it decides post-copy) is a second old
         r = bed.exec(1, ["migrate", str(p.pid), "0x640c"], timeout_s=600)
         if r.returncode != 0:
@@ -66,9 +55,6 @@ def move(bed: TestBed, mb: int, lazy: bool) -> tuple[float, float | None]:
         if lazy != bool(re.search(rf"job {p.pid} arrived from node \d+ by post-copy", said)):
             raise RuntimeError(f"job {p.pid}: expected {'post' if lazy else 'stop-and'}-copy")
         return frozen, last
-    finally:
-        p.kill()
-        p.wait()
 
 
 def main() -> None:
