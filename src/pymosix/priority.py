@@ -11,6 +11,7 @@ gave the agent an eighth of a CPU, whatever its nice value (measured: a move off
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -32,4 +33,9 @@ def run_above_jobs(nice: int, autogroup: Path = AUTOGROUP) -> None:
     except FileNotFoundError:
         pass  # a kernel without autogroups (CONFIG_SCHED_AUTOGROUP off)
     except OSError as e:
+        if e.errno == errno.EINVAL:
+            # The root autogroup (an agent started by a process that never called setsid):
+            # it has no weight of its own to set, and shares the CPU as the root cgroup does.
+            log.debug("the agent is in the root autogroup; its nice value alone applies")
+            return
         log.warning("could not set the agent's autogroup nice value to %d: %s", nice, e.strerror)

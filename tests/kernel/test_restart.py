@@ -165,6 +165,9 @@ def test_a_job_whose_agent_died_moving_it_is_not_adopted_and_no_copy_runs(
     job = Job(bed, 1, ["python3", "-c", BIG, token])
     jobs.append(job)
     job.counts(2)
+    # The target holds its answer back, so the kill below lands before the move can commit
+    # (a fast machine had it committed by the time the pages were seen).
+    bed.set_faults(2, "delay RESTORED 5 once\n")
     move = bed.popen(
         1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

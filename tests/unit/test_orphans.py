@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pymosix.migration.orphans import JobRecords, start_time
@@ -67,3 +68,21 @@ def test_forget_removes_the_record(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_zombie_agents_jobs_are_removed(tmp_path: Path) -> None:
+    """An agent killed a moment ago may still be a zombie when the next one starts."""
+    orphan = subprocess.Popen(["sleep", "60"])
+    zombie = subprocess.Popen([sys.executable, "-c", ""])
+    try:
+        for _ in range(5000):  # it exits at once; not yet reaped, so a zombie
+            if Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.001)
+        JobRecords(tmp_path, agent_pid=zombie.pid).record(orphan.pid, 0x640C, 7)
+        assert [k["pid"] for k in JobRecords(tmp_path).sweep()] == [orphan.pid]
+        assert orphan.wait(timeout=5) == -9
+    finally:
+        for p in (orphan, zombie):
+            p.kill()
+            p.wait()

@@ -31,6 +31,16 @@ def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
         return None
 
 
+def runs(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether the process runs: a zombie does not (an agent killed a moment ago, its threads
+    still exiting or its parent yet to reap it, must not keep its jobs from being adopted)."""
+    try:
+        state = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class JobRecords:
     """The records of the jobs one agent holds, in STATE_DIR/jobs (root-only)."""
 
@@ -68,7 +78,7 @@ class JobRecords:
             agent = f.name.split("-", 1)[0]
             if not agent.isdigit() or int(agent) == self.agent_pid:
                 continue
-            if start_time(int(agent), proc) is not None and int(agent) != self.agent_pid:
+            if runs(int(agent), proc):
                 continue  # that agent still runs (another agent of this node, a test bed's)
             try:
                 rec = dict(json.loads(f.read_text()))
