@@ -56,7 +56,10 @@ def _start_on_node2(
 
 
 def _kill_node(bed: TestBed, node: int) -> None:
-    """The node dies outright: its agent and every other process of its namespace."""
+    """The node dies outright: its link (a dead node sends no FIN: home hears silence, and
+    does not wait for a restarted agent), its agent and every other process of its namespace.
+    The link stays down: a dead node does not come back."""
+    kernel.ip("link", "set", bed.node(node).veth, "down")
     bed.kill_agent(node)
     kernel.kill_pids(kernel.netns_pids(bed.node(node).netns))
 

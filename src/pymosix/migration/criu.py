@@ -437,10 +437,14 @@ class CriuDriver:
         log: Path | None = None,
         leave_stopped: bool = False,
         lazy: bool = False,
+        launcher: Sequence[str] = (),
+        extra_fds: Sequence[int] = (),
     ) -> RestoreResult:
         """Restore the job as our child; `inherit_fds` maps our fd -> the image's ``pipe:[INO]``.
 
-        join_netns is a netns file (``/run/netns/NAME``) the job is restored into.
+        join_netns is a netns file (``/run/netns/NAME``) the job is restored into. With a
+        `launcher` (argv run before criu's, given `extra_fds` too), the job is the child of the
+        process criu runs under: its holder (migration/heldrestore.py).
         """
         log = log or images / "restore.log"
         pidfile = pidfile or images / "restore.pid"
@@ -449,7 +453,7 @@ class CriuDriver:
         for fd in inherit_fds:
             os.set_inheritable(fd, True)
         args = restore_args(images, log, pidfile, inherit_fds, join_netns, leave_stopped, lazy)
-        await self._run(args, log, pass_fds=list(inherit_fds))
+        await self._run(args, log, pass_fds=[*inherit_fds, *extra_fds], prefix=launcher)
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):

@@ -34,6 +34,7 @@ from pymosix.migration.checkpoint import Held
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
+from pymosix.migration.heldrestore import restore_held
 from pymosix.migration.home import HomeJob
 from pymosix.migration.hosted import HostedJob, close_channel, reap
 from pymosix.migration.imagecheck import receive_rest
@@ -197,10 +198,11 @@ class MigrationEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._send_guests_away(), STOP_GUESTS_S)
         for job in list(self.hosted.values()):
-            if job.state == "running" and job.meta.home_node != self.agent.node_id:
-                log.error("job %d of node %d could not leave: killed", *_key(job))
             if job.holder is None:  # a job at home waits for the next agent (restart.py)
                 job.deliver_signal(9)
+            elif job.state == "running" and job.meta.home_node != self.agent.node_id:
+                # A next agent within GUEST_ALONE_S takes it back (rejoin.py); else it goes.
+                log.error("job %d of node %d could not leave: left to its holder", *_key(job))
         for t in list(self._conns):
             t.cancel()
         shutil.rmtree(self.image_root, ignore_errors=True)
@@ -603,6 +605,10 @@ class MigrationEngine:
                     pass
                 elif home is None or home.meta.home_node != self.agent.node_id:
                     await ch.send(Frame.KILL, {})
+                elif p.get("rejoin"):  # the host's agent restarted (rejoin.py)
+                    keep = await home.rejoin(ChannelLink(ch), ch.peer_id)
+                    if not keep:
+                        await ch.send(Frame.KILL, {})
                 else:
                     # The node the handshake authenticated, not what the frame claims.
                     link = ChannelLink(ch)
@@ -785,6 +791,8 @@ class MigrationEngine:
         """Kill a restored copy that must not run (its move did not commit), and reap it."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(job.pid, 9)
+        if job.holder is not None:
+            job.holder.release()  # it goes once the job is dead
         await reap(job.pid)
         for fd in (job.stdin_r, *job.out_fds.values(), *([job.stdin_w] if job.stdin_w else [])):
             with contextlib.suppress(OSError):
@@ -816,8 +824,19 @@ class MigrationEngine:
         inherit = {in_r: keys[0], out_w: keys[1]}
         if keys[2] != keys[1]:
             inherit[err_w] = keys[2]
+        at_home = meta.home_node == self.agent.node_id
         try:
-            result = await self.criu.restore(images, inherit, leave_stopped=True, lazy=lazy)
+            # Under a holder, so that it outlives this agent (heldrestore.py).
+            result, holder = await restore_held(
+                self.criu,
+                images,
+                inherit,
+                (in_w, in_r, out_r, err_r),
+                self.records.dir,
+                meta.home_pid if at_home else None,
+                leave_stopped=True,
+                lazy=lazy,
+            )
         except BaseException:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
@@ -834,6 +853,7 @@ class MigrationEngine:
             link=LocalLink.pair()[0],
             arrived_at=time.monotonic(),
             stdin_eof=stdin_eof,
+            holder=holder,
         )
         job.pending_in += stdin
         return job

@@ -59,7 +59,7 @@ def hold(job, spec):
     srv.listen(8)
     watch = os.pidfd_open(job)
     try:
-        home = os.pidfd_open(h["home_pid"])
+        home = os.pidfd_open(h["home_pid"]) if h["home_pid"] is not None else None
     except OSError:
         home = None
     print("OK %d" % job, flush=True)
@@ -67,10 +67,15 @@ def hold(job, spec):
     for t in (0, 1, 2):
         os.dup2(null, t)
     os.close(null)
+    if h.get("notify") is not None:
+        os.write(h["notify"], b"0")  # a restore's launcher: criu ended well, the socket is up
+        os.close(h["notify"])
     os.setsid()  # out of the agent's session: a terminal's signals to it are not ours
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     status, conn, buf, released, alone, moving = None, None, b"", False, time.monotonic(), False
+    guest = h["home_pid"] is None  # its mosrun is on another node: no PID to watch here
+    keep = h["alone_s"] if guest else h["keep_s"]
     def tell(msg):
         try:
             conn.sendall((json.dumps(msg) + "\n").encode())
@@ -78,11 +83,11 @@ def hold(job, spec):
             pass
     while True:
         # Done: released by an agent; or no agent, and no mosrun to want the status (or long).
-        if status is not None and conn is None and (home is None or time.monotonic() - alone > h["keep_s"]):
+        if status is not None and conn is None and ((home is None and not guest) or time.monotonic() - alone > keep):
             break
         if status is not None and released:
             break
-        if status is None and conn is None and home is None:
+        if status is None and conn is None and home is None and time.monotonic() - alone >= h["alone_s"]:
             os.kill(job, signal.SIGKILL)  # no agent, no mosrun: nobody will ever want it
         rl = [srv] + ([conn] if conn else []) + ([watch] if status is None else []) + ([home] if home is not None else [])
         ready = select.select(rl, [], [], 1.0)[0]

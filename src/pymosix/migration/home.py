@@ -54,6 +54,9 @@ BEAT_S = 1.0
 DEAD_AFTER_S = 3.0
 #: A link lost: how long home waits for an ATTACH (a move's target) before it gives up.
 REATTACH_S = 2.0
+#: A link its host closed (its agent died; the node lives): how long home waits for the
+#: host's next agent to take the job back (rejoin.py; its holder waits less: GUEST_ALONE_S).
+REJOIN_S = 10.0
 #: mosrun's exit status for a job lost with the node it ran on (documented in mosrun(1)).
 LOST_STATUS = 255
 #: After mosrun is gone, how long to wait for the job's death to be confirmed.
@@ -250,15 +253,18 @@ class HomeJob:
             try:
                 # Silence is loss too: the host beats every BEAT_S.
                 kind, p = await asyncio.wait_for(link.recv(), DEAD_AFTER_S)
-            except (EOFError, TimeoutError):
+            except (EOFError, TimeoutError) as e:
                 if self.link is not link:
                     self._attached.clear()
                     continue  # the job moved: read from its new node
                 link.close()
                 # A target may be about to commit (or to repeat an ATTACH whose COMMITTED was
-                # lost with its connection): a short wait, then the job is gone.
+                # lost with its connection): a short wait, then the job is gone. A link the
+                # host closed, with no move under way, waits for the host's next agent.
+                closed = isinstance(e, EOFError) and not self.pending_move
+                wait_s = REJOIN_S if closed and self.node != self.meta.home_node else REATTACH_S
                 try:
-                    await asyncio.wait_for(self._attached.wait(), REATTACH_S)
+                    await asyncio.wait_for(self._attached.wait(), wait_s)
                 except TimeoutError:
                     if await self._recover():
                         continue
@@ -357,6 +363,36 @@ class HomeJob:
             if self.move_result is not None and not self.move_result.done():
                 self.move_result.set_result({"ok": True, "node": node})
             await self.tell({"t": "moved", "node": node})
+        return True
+
+    async def rejoin(self, link: Link, node: int) -> bool:
+        """The agent of the job's host restarted and found the job alive (rejoin.py): the same
+        job on a new link, no move. Only from its host, with no move under way, and before
+        home gave it up; False otherwise (its copy there must not run)."""
+        if (
+            node != self.node
+            or node == self.meta.home_node
+            or self.pending_move
+            or self.state != "running"
+            or not self.keeper.may_commit()
+        ):
+            log.warning("job %d: refused node %d's rejoin", self.meta.home_pid, node)
+            return False
+        try:
+            await link.send(Frame.COMMITTED, {"in_at": self.stdin.total})
+        except EOFError:
+            return False
+        old, self.link = self.link, link
+        old.close()
+        await self._release_held(link)
+        self._attached.set()
+        log.info("job %d: node %d's agent restarted; the job goes on", self.meta.home_pid, node)
+        await self.tell(
+            {
+                "t": "note",
+                "message": f"the agent of node {format_node_id(node)} restarted; the job goes on",
+            }
+        )
         return True
 
     async def move(self, target: int) -> int:

@@ -39,6 +39,7 @@ from pymosix.migration.lifecycle import DEADLINES, RETRY_S, E, JobMeta, Machine,
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.moves import CannotMove, MoveStats, Refused
 from pymosix.migration.needs import gather
+from pymosix.migration.orphans import runs
 from pymosix.migration.pages import page_socketpair, relay_pages
 from pymosix.migration.stdio import CHUNK as STDIO_CHUNK
 
@@ -877,12 +878,13 @@ class HostedJob:
 
 
 async def reap(pid: int, timeout_s: float = 5.0) -> None:
-    """Wait (without blocking the loop) for a killed child of ours to be gone, and reap it."""
+    """Wait (without blocking the loop) for a killed child of ours to be gone, and reap it;
+    for a job under a holder (its parent), wait for it to be gone."""
     for _ in range(int(timeout_s / 0.01)):
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
         except ChildProcessError:
-            return
+            done = not runs(pid)
         if done:
             return
         await asyncio.sleep(0.01)

@@ -29,6 +29,7 @@ from pymosix.migration.hosted import HostedJob
 from pymosix.migration.lifecycle import JobMeta
 from pymosix.migration.link import LocalLink
 from pymosix.migration.orphans import start_time
+from pymosix.migration.rejoin import rejoin_guest
 from pymosix.migration.spawn import Hold, JobSpec, SpawnError, start_job
 from pymosix.migration.stdio import STDIO_FRAMES, ctrl_frame
 
@@ -90,12 +91,19 @@ class Restarts:
     def __init__(self, engine: MigrationEngine) -> None:
         self.engine = engine
         self.pending: dict[int, dict[str, Any]] = {}
+        self.rejoining: set[asyncio.Task[bool]] = set()
         engine.agent.control.register("reattach", self._op_reattach)
 
     def adopt(self, records: list[dict[str, Any]]) -> None:
         """Wait for the mosrun of each job left (JobRecords.left); those that do not come go."""
         loop = asyncio.get_running_loop()
         for rec in records:
+            if rec["home_node"] != self.engine.agent.node_id:
+                # A guest: this agent takes it back and links it home again (rejoin.py).
+                task = loop.create_task(rejoin_guest(self.engine, rec))
+                self.rejoining.add(task)
+                task.add_done_callback(self.rejoining.discard)
+                continue
             self.pending[rec["home_pid"]] = rec
             loop.call_later(WAIT_S, self._give_up, rec["home_pid"])
             log.info(

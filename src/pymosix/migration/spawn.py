@@ -205,6 +205,7 @@ def _prepare(
             "fds": held,
             "home_pid": hold.home_pid,
             "keep_s": holder.KEEP_S,
+            "alone_s": 0.0,
         },
     }
     return [sys.executable, "-I", "-S", "-c", _HELPER], json.dumps(data).encode(), fds + held

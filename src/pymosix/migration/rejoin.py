@@ -1,0 +1,145 @@
+"""A guest outlives its host's agent (issue 16 item 5, step 2; docs/reliability.md).
+
+A guest is restored under a holder (heldrestore.py). When the host's agent dies, the kernel
+closes its link home; home waits `home.REJOIN_S` for the host's next agent. That agent finds the
+guest's record and holder (orphans.py), takes the pipe fds from the holder, opens a channel
+home and asks to *rejoin* (an ATTACH of no move). Home accepts only from the node it records as
+the job's host, with no move under way and the job not given up (home.HomeJob.rejoin); then the
+job goes on, the same process, with its output, stdin and signals relayed as before.
+
+Exactly one copy: a holder with no agent kills its guest after `GUEST_ALONE_S`, before home
+gives the job up (REJOIN_S, then a checkpoint restore or "job lost"), and home refuses a rejoin
+after that. An agent that died moving the guest leaves it to no one (the holder says so): the
+move's target may run it, as home's arbiter decides; the original is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pymosix.errors import AuthError
+from pymosix.migration.channel import open_channel
+from pymosix.migration.holder import Holder
+from pymosix.migration.hosted import HostedJob
+from pymosix.migration.lifecycle import RETRY_S, JobMeta
+from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
+from pymosix.migration.orphans import start_time
+
+if TYPE_CHECKING:
+    from pymosix.migration.engine import MigrationEngine
+
+log = logging.getLogger(__name__)
+
+#: How long a new agent tries to reach a guest's home (home waits REJOIN_S from the old end).
+TRY_S = 8.0
+
+
+def _kill(rec: dict[str, Any]) -> None:
+    if start_time(int(rec["pid"])) == rec["start"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(rec["pid"]), signal.SIGKILL)
+
+
+async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
+    """Take back a guest a dead agent of this node left (`rec`: its record, with "file");
+    True if it runs on here, linked to its home again. Otherwise it is killed."""
+    home_pid, home_node = int(rec["home_pid"]), int(rec["home_node"])
+    try:
+        holder = await Holder.connect(Path(rec["holder"]))
+        meta = JobMeta.from_wire(rec["meta"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning(
+            "guest %d of node %d: its holder did not answer (%s); killed", home_pid, home_node, e
+        )
+        _kill(rec)
+        Path(rec["file"]).unlink(missing_ok=True)
+        return False
+    Path(rec["file"]).unlink(missing_ok=True)  # recorded again, under this agent, if it stays
+    if holder.was_moving:
+        # The move's target may run it (home's arbiter decides): this original must not.
+        log.warning("guest %d of node %d: its agent died moving it; killed", home_pid, home_node)
+        _give_up(holder)
+        return False
+    fds = holder.fds
+    hosted = HostedJob(
+        engine,
+        meta,
+        holder.pid,
+        fds.get("in_w"),
+        fds["in_r"],
+        {1: fds["out_r"], 2: fds["err_r"]},
+        LocalLink.pair()[0],  # the link home, once home takes it back
+        time.monotonic(),
+        stdin_eof="in_w" not in fds,
+        holder=holder,
+    )
+    link, in_at, why = await _rejoin_home(engine, meta)
+    if link is None:
+        log.warning("guest %d of node %d: %s; killed", home_pid, home_node, why)
+        _give_up(holder)
+        for fd in (hosted.stdin_r, *hosted.out_fds.values(), *filter(None, [hosted.stdin_w])):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return False
+    hosted.link, hosted.in_end = link, in_at
+    engine.add_hosted(hosted)
+    log.info("guest %d of node %d taken back (pid %d here)", home_pid, home_node, holder.pid)
+    return True
+
+
+def _give_up(holder: Holder) -> None:
+    holder.kill()
+    holder.release()
+
+
+async def _rejoin_home(engine: MigrationEngine, meta: JobMeta) -> tuple[Link | None, int, str]:
+    """A link home on which home said yes to the rejoin, with home's count of stdin bytes; or
+    None and why not."""
+    deadline = time.monotonic() + TRY_S
+    why = "its home did not answer"
+    while time.monotonic() < deadline:
+        entry = engine.agent.cluster.get(meta.home_node)  # type: ignore[arg-type]
+        if entry is None:
+            why = f"its home node {meta.home_node} is not in the map"
+            await asyncio.sleep(RETRY_S / 2)  # the map fills as hellos come in
+            continue
+        try:
+            ch = await asyncio.wait_for(
+                open_channel(
+                    entry.address,
+                    entry.migration_port or engine.agent.config.migration_port,
+                    engine.agent.keys,
+                    engine.agent.node_id,
+                ),
+                RETRY_S * 2,
+            )
+        except (OSError, AuthError, TimeoutError) as e:
+            why = f"could not reach its home: {e or type(e).__name__}"
+            await asyncio.sleep(RETRY_S / 2)
+            continue
+        link = ChannelLink(ch)
+        try:
+            await ch.send(
+                Frame.ATTACH,
+                {"home_pid": meta.home_pid, "node": engine.agent.node_id, "rejoin": True},
+            )
+            kind: int = Frame.BEAT
+            p: dict[str, Any] = {}
+            while kind == Frame.BEAT:
+                kind, p = await asyncio.wait_for(link.recv(), RETRY_S * 2)
+        except (OSError, EOFError, TimeoutError) as e:
+            link.close()
+            why = f"its home did not answer: {e or type(e).__name__}"
+            continue
+        if kind == Frame.COMMITTED:
+            return link, int(p.get("in_at") or 0), ""
+        link.close()
+        return None, 0, "its home had given it up"
+    return None, 0, why

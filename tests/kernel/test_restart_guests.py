@@ -1,0 +1,107 @@
+"""A restored job outlives its agent too (issue 16 item 5, step 2): a guest survives a kill -9 of
+its host's agent (the next agent takes it back and home lets it rejoin), a job that came back
+home survives its home agent's, and a guest whose host's agent does not come back is gone, not
+left running, before home says it is lost (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from itertools import pairwise
+
+import pytest
+
+from tests.kernel.conftest import wait_until
+from tests.kernel.jobs import Job, MakeBed
+from tests.kernel.test_reliability import _copies
+from tests.kernel.test_restart import COUNT, _holders, _ints, _restart
+
+pytestmark = pytest.mark.kernel
+
+
+def _moved(job: Job, target: str, node: int) -> None:
+    r = job.migrate(target)
+    assert r.returncode == 0, r.stderr
+    wait_until(f"the job on node {target}", lambda: job.node() == node, 20)
+
+
+def _each_once(job: Job) -> None:
+    counts = _ints(job)
+    assert counts[0] == 1
+    assert all(b == a + 1 for a, b in pairwise(counts)), "no number repeated or skipped"
+
+
+def test_a_users_guest_outlives_a_kill_9_of_its_hosts_agent(
+    make_bed: MakeBed, jobs: list[Job], user: str
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user, cwd=str(bed.shared_dir))
+    jobs.append(job)
+    job.counts(3)
+    _moved(job, "0x640c", 0x640C)
+    (guest_pid,) = _copies(token)
+    _restart(bed, 2)
+    # The same process on node2, the same mosrun: it counts on, each number once.
+    seen = job.counts(10)
+    assert _copies(token) == [guest_pid]
+    assert job.node() == 0x640C
+    assert job.proc.poll() is None
+    # Taken back for good: it moves home, and its output still reaches the same mosrun.
+    _moved(job, "0x640b", 0x640B)
+    assert job.counts(5)[-1] > seen[-1]
+    job.proc.send_signal(signal.SIGUSR1)
+    assert job.proc.wait(timeout=20) == 7
+    assert job.proc.stderr is not None
+    assert b"the agent of node 0x640c restarted; the job goes on" in job.proc.stderr.read()
+    job.finish()
+    _each_once(job)
+    for node in (1, 2):
+        wait_until(f"no holder on node {node}", lambda n=node: not _holders(bed, n), 10)
+    assert not _copies(token)
+
+
+def test_a_job_that_came_back_home_outlives_its_home_agent(
+    make_bed: MakeBed, jobs: list[Job], user: str
+) -> None:
+    """Restored at home by CRIU, not started there: its holder is the restore's."""
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user, cwd=str(bed.shared_dir))
+    jobs.append(job)
+    job.counts(3)
+    _moved(job, "0x640c", 0x640C)
+    _moved(job, "0x640b", 0x640B)
+    (host_pid,) = _copies(token)
+    _restart(bed, 1)
+    job.counts(10)
+    assert _copies(token) == [host_pid]
+    assert job.node() == 0x640B
+    job.proc.send_signal(signal.SIGUSR1)
+    assert job.proc.wait(timeout=20) == 7
+    job.finish()
+    _each_once(job)
+    wait_until("no holder left", lambda: not _holders(bed, 1), 10)
+
+
+def test_a_guest_whose_hosts_agent_does_not_come_back_is_gone_before_home_says_lost(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    jobs.append(job)
+    job.counts(3)
+    _moved(job, "0x640c", 0x640C)
+    bed.kill_agent(2)
+    t0 = time.monotonic()
+    # Its holder kills it (no agent for GUEST_ALONE_S) before home gives up (REJOIN_S).
+    wait_until("the guest gone", lambda: not _copies(token), 20)
+    assert job.proc.poll() is None, "home still waits for node2's next agent"
+    assert job.proc.wait(timeout=20) == 255
+    took = time.monotonic() - t0
+    assert job.proc.stderr is not None
+    assert b"job lost with node 0x640c" in job.proc.stderr.read()
+    assert 9 < took < 16, took
+    wait_until("no holder on node2", lambda: not _holders(bed, 2), 10)
