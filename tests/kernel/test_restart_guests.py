@@ -43,6 +43,7 @@ def test_a_users_guest_outlives_a_kill_9_of_its_hosts_agent(
     _moved(job, "0x640c", 0x640C)
     (guest_pid,) = _copies(token)
     _restart(bed, 2)
+    job.drain_ints()  # what it printed before the restart
     # The same process on node2, the same mosrun: it counts on, each number once.
     seen = job.counts(10)
     assert _copies(token) == [guest_pid]
@@ -74,6 +75,7 @@ def test_a_job_that_came_back_home_outlives_its_home_agent(
     _moved(job, "0x640b", 0x640B)
     (host_pid,) = _copies(token)
     _restart(bed, 1)
+    job.drain_ints()
     job.counts(10)
     assert _copies(token) == [host_pid]
     assert job.node() == 0x640B
@@ -103,4 +105,50 @@ def test_a_guest_whose_hosts_agent_does_not_come_back_is_gone_before_home_says_l
     assert job.proc.stderr is not None
     assert b"job lost with node 0x640c" in job.proc.stderr.read()
     assert 9 < took < 16, took
+    wait_until("no holder on node2", lambda: not _holders(bed, 2), 10)
+
+
+def test_a_users_job_away_outlives_a_kill_9_of_its_home_agent(
+    make_bed: MakeBed, jobs: list[Job], user: str
+) -> None:
+    """Step 3: the next home agent meets the same mosrun and the same guest (away.py)."""
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user, cwd=str(bed.shared_dir))
+    jobs.append(job)
+    job.counts(3)
+    _moved(job, "0x640c", 0x640C)
+    (guest_pid,) = _copies(token)
+    _restart(bed, 1)
+    job.drain_ints()  # what it printed before the restart
+    seen = job.counts(10)
+    assert _copies(token) == [guest_pid]
+    assert job.node() == 0x640C  # mps at home, from the new agent
+    _moved(job, "0x640b", 0x640B)
+    assert job.counts(5)[-1] > seen[-1]
+    job.proc.send_signal(signal.SIGUSR1)
+    assert job.proc.wait(timeout=20) == 7
+    assert job.proc.stderr is not None
+    assert b"the agent restarted; the job goes on" in job.proc.stderr.read()
+    job.finish()
+    _each_once(job)
+    wait_until("no holder left", lambda: not _holders(bed, 1) and not _holders(bed, 2), 10)
+    assert not _copies(token)
+
+
+def test_a_job_away_whose_home_agent_does_not_come_back_is_gone(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    jobs.append(job)
+    job.counts(3)
+    _moved(job, "0x640c", 0x640C)
+    bed.kill_agent(1)
+    t0 = time.monotonic()
+    # Its host asks home to take it back for a while (rejoin.TRY_S), then kills it.
+    wait_until("the guest gone", lambda: not _copies(token), 20)
+    assert time.monotonic() - t0 > 5
+    assert job.proc.wait(timeout=40) == 255
     wait_until("no holder on node2", lambda: not _holders(bed, 2), 10)

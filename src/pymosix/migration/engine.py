@@ -28,6 +28,7 @@ from pymosix.errors import (
 )
 from pymosix.ids import format_node_id
 from pymosix.migration import checkpoint, cputime, postcopy, procstate
+from pymosix.migration.away import AwayRecords
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
 from pymosix.migration.checkpoint import Held
@@ -52,6 +53,7 @@ from pymosix.migration.needs import Needs, look_here
 from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.orphans import JobRecords
 from pymosix.migration.pages import page_socketpair, relay_pages
+from pymosix.migration.rejoin import home_again
 from pymosix.migration.restart import Restarts, record_extra, start_held, user_name
 from pymosix.migration.spawn import (
     JobSpec,
@@ -146,6 +148,7 @@ class MigrationEngine:
         #: Records of the jobs held here, so that a next agent removes what a crash left.
         self.state_dir = agent.config.state_dir
         self.records = JobRecords(self.state_dir)
+        self.away = AwayRecords(self.state_dir)  # jobs away outlive it too (away.py)
         self.restarts = Restarts(self)  # jobs at home outlive this agent (restart.py)
         #: Moves refused lately, per job (the balancer leaves those jobs in peace a while).
         self.refusals = Refusals()
@@ -179,6 +182,7 @@ class MigrationEngine:
         self._remove_stale_images()
         self.records.sweep()
         self.restarts.adopt(self.records.left)
+        self.restarts.adopt_away(self.away.take())
         checkpoint.sweep(self.state_dir)
         self.image_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._server = await listen(
@@ -266,6 +270,17 @@ class MigrationEngine:
     def home_gone(self, job: HomeJob) -> None:
         if self.home_jobs.get(job.meta.home_pid) is job:
             del self.home_jobs[job.meta.home_pid]
+            self.away.forget(job.meta.home_pid)
+
+    def placed(self, job: HomeJob) -> None:
+        """The job now runs on job.node: away from home, it is recorded (away.py)."""
+        if job.node == self.agent.node_id:
+            self.away.forget(job.meta.home_pid)
+        else:
+            self.away.write(job.meta, job.node)
+
+    async def home_again(self, job: HostedJob) -> Link | None:
+        return await home_again(self, job)
 
     def add_hosted(self, job: HostedJob) -> None:
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
@@ -603,6 +618,10 @@ class MigrationEngine:
                 home = self.home_jobs.get(int(p["home_pid"]))
                 if not await self.faults.passes("ATTACH"):
                     pass
+                elif home is None and p.get("rejoin"):  # this agent restarted (away.py)
+                    keep = self.restarts.offer_link(int(p["home_pid"]), ChannelLink(ch), ch.peer_id)
+                    if not keep:
+                        await ch.send(Frame.KILL, {})
                 elif home is None or home.meta.home_node != self.agent.node_id:
                     await ch.send(Frame.KILL, {})
                 elif p.get("rejoin"):  # the host's agent restarted (rejoin.py)

@@ -40,6 +40,7 @@ class HomeEngine(Protocol):
     @property
     def faults(self) -> Faults: ...
     def home_gone(self, job: HomeJob) -> None: ...
+    def placed(self, job: HomeJob) -> None: ...
     @property
     def state_dir(self) -> Path: ...
     @property
@@ -218,6 +219,7 @@ class HomeJob:
             self.keeper.recovered(False, time.monotonic())
             return False
         self.keeper.recovered(True, time.monotonic())
+        self.engine.placed(self)
         self.checkpoints.drop_held()
         self.out.rewind(held.offsets)
         age = time.monotonic() - held.taken_at
@@ -349,6 +351,7 @@ class HomeJob:
         else:
             link.close()  # lost with its connection, as TCP loses a frame
         old, self.link, self.node = self.link, link, node
+        self.engine.placed(self)
         self.pending_move = ""
         self.checkpoints.abandon(self.keeper)  # one its old host was sending
         if node == self.meta.home_node:  # nothing can lose it at home

@@ -71,6 +71,7 @@ class HostEngine(Protocol):
         self, job: HostedJob, target: int, offer_load: float | None = None
     ) -> int: ...
     def hosted_gone(self, job: HostedJob) -> None: ...
+    async def home_again(self, job: HostedJob) -> Link | None: ...
 
 
 __all__ = ["HostEngine", "HostedJob", "JobMeta", "close_channel"]
@@ -178,6 +179,7 @@ class HostedJob:
     _out_held: bool = False
     _out_ended: set[int] = field(default_factory=set)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _unsent: tuple[int, dict[str, Any]] | None = None
     _receiving: asyncio.Task[None] | None = None
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
     heard: float = field(default_factory=time.monotonic)  # last frame from home
@@ -274,10 +276,12 @@ class HostedJob:
 
     async def _sender(self) -> None:
         """All frames home go through one queue, so their order is the order they were made."""
-        while (item := await self._outq.get()) is not None:
+        while (item := self._unsent or await self._outq.get()) is not None:
+            self._unsent = None
             try:
                 await self.link.send(*item)
             except EOFError:
+                self._unsent = item  # for the link to home's next agent, if one comes
                 return
             if item[0] == Frame.OUT:
                 self._sent_out(len(item[1]["data"]))
@@ -329,9 +333,11 @@ class HostedJob:
             try:
                 # Home beats too: silence this long means it is gone (or cut off).
                 kind, p = await asyncio.wait_for(self.link.recv(), HOME_SILENT_S)
-            except (EOFError, TimeoutError):
+            except (EOFError, TimeoutError) as e:
                 if self.holder is not None and self.engine.agent.stopping:
                     return  # the agent stops: the holder keeps the job for its next agent
+                if isinstance(e, EOFError) and self.state == "running" and await self._relink():
+                    continue
                 if self.state == "running":
                     # Home is gone (mosrun died with its node): no orphans.
                     log.warning("job %d lost its home; killing it", self.meta.home_pid)
@@ -359,6 +365,17 @@ class HostedJob:
                     v.set_result(bool(p.get("committed")))
             elif kind == Frame.MOVE:
                 self._tasks.append(asyncio.create_task(self._move_for_home(int(p["target"]))))
+
+    async def _relink(self) -> bool:
+        """Home closed the link (its agent died): the next one may take the job back
+        (migration/away.py). True once it did, on a new link; the sender goes on there."""
+        link = await self.engine.home_again(self)
+        if link is None or self.state != "running":
+            return False
+        self.link = link
+        if self._tasks and self._tasks[0].done():
+            self._tasks[0] = asyncio.create_task(self._sender())
+        return True
 
     async def _move_for_home(self, target: int) -> None:
         try:

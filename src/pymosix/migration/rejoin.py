@@ -99,6 +99,21 @@ def _give_up(holder: Holder) -> None:
     holder.release()
 
 
+async def home_again(engine: MigrationEngine, job: HostedJob) -> Link | None:
+    """A guest whose link home closed (home's agent died, or the connection broke): a new link
+    once home, or its next agent, takes it back (away.py); None if none does in TRY_S."""
+    if job.meta.home_node == engine.agent.node_id:
+        return None
+    log.info("job %d: its link home closed; asking home to take it back", job.meta.home_pid)
+    link, in_at, why = await _rejoin_home(engine, job.meta)
+    if link is None:
+        log.warning("job %d: %s", job.meta.home_pid, why)
+        return None
+    job.in_end = in_at
+    log.info("job %d: linked to its home again", job.meta.home_pid)
+    return link
+
+
 async def _rejoin_home(engine: MigrationEngine, meta: JobMeta) -> tuple[Link | None, int, str]:
     """A link home on which home said yes to the rejoin, with home's count of stdin bytes; or
     None and why not."""

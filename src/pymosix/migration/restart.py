@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from pymosix.control_server import ControlConnection
 from pymosix.errors import PymosixError
+from pymosix.ids import format_node_id
+from pymosix.migration.away import Waiting
 from pymosix.migration.holder import Holder, socket_path
 from pymosix.migration.home import LOST_STATUS, HomeJob
 from pymosix.migration.hosted import HostedJob
 from pymosix.migration.lifecycle import JobMeta
-from pymosix.migration.link import LocalLink
+from pymosix.migration.link import Frame, Link, LocalLink
 from pymosix.migration.orphans import start_time
 from pymosix.migration.rejoin import rejoin_guest
 from pymosix.migration.spawn import Hold, JobSpec, SpawnError, start_job
@@ -92,6 +94,8 @@ class Restarts:
         self.engine = engine
         self.pending: dict[int, dict[str, Any]] = {}
         self.rejoining: set[asyncio.Task[bool]] = set()
+        #: Jobs away from home a dead agent left, waiting for mosrun and their host (away.py).
+        self.away: dict[int, Waiting] = {}
         engine.agent.control.register("reattach", self._op_reattach)
 
     def adopt(self, records: list[dict[str, Any]]) -> None:
@@ -113,6 +117,31 @@ class Restarts:
                 WAIT_S,
             )
 
+    def adopt_away(self, records: list[dict[str, Any]]) -> None:
+        """Wait for the mosrun and the host of each job away a dead agent left (away.py)."""
+        loop = asyncio.get_running_loop()
+        for rec in records:
+            self.away[rec["home_pid"]] = Waiting(rec)
+            loop.call_later(WAIT_S, self._away_give_up, rec["home_pid"])
+            log.info(
+                "job %d runs on node %d: waiting %.0f s for its mosrun and its host",
+                rec["home_pid"],
+                rec["node"],
+                WAIT_S,
+            )
+
+    def offer_link(self, home_pid: int, link: Link, node: int) -> bool:
+        """The host of a job away asks to rejoin: kept until its mosrun comes back."""
+        waiting = self.away.get(home_pid)
+        return waiting is not None and waiting.offer_link(link, node)
+
+    def _away_give_up(self, home_pid: int) -> None:
+        waiting = self.away.get(home_pid)
+        if waiting is not None and not waiting.claimed:  # else its mosrun's wait decides
+            del self.away[home_pid]
+            log.warning("job %d: its mosrun did not come back; its host hears no", home_pid)
+            waiting.drop()
+
     def _give_up(self, home_pid: int) -> None:
         rec = self.pending.pop(home_pid, None)
         if rec is None:
@@ -127,6 +156,9 @@ class Restarts:
     async def _op_reattach(
         self, req: dict[str, Any], conn: ControlConnection
     ) -> dict[str, Any] | None:
+        if conn.peer.pid in self.away:
+            await self._reattach_away(conn)
+            return None
         rec = self.pending.get(conn.peer.pid)
         why = reattach_refusal(rec, conn.peer.uid, start_time(conn.peer.pid))
         if why is not None or rec is None:
@@ -143,6 +175,40 @@ class Restarts:
         else:
             await self._serve(rec, holder, conn, bool(req.get("stdin_eof")))
         return None
+
+    async def _reattach_away(self, conn: ControlConnection) -> None:
+        """mosrun of a job away from home: the job's new deputy once its host rejoins."""
+        waiting = self.away[conn.peer.pid]
+        why = reattach_refusal(waiting.rec, conn.peer.uid, start_time(conn.peer.pid))
+        if why is None and waiting.claimed:
+            why = "that job was re-attached already"
+        if why is not None:
+            raise PymosixError(why)
+        waiting.claimed = True  # stays listed until its host rejoins (offer_link finds it)
+        meta, node = JobMeta.from_wire(waiting.rec["meta"]), int(waiting.rec["node"])
+        await conn.send({"ok": True, "t": "reattached", "node": node, "stdio": STDIO_FRAMES})
+        # mosrun waits 5 s for this reply: the host may take longer (its frames wait meanwhile).
+        got = await waiting.wait_link()
+        self.away.pop(conn.peer.pid, None)
+        if got is None:
+            log.error("job %d: its host node %d did not come back", meta.home_pid, node)
+            waiting.drop()
+            for msg in (
+                {"t": "error", "message": f"job lost with node {format_node_id(node)}"},
+                {"t": "exit", "code": LOST_STATUS, "signal": None},
+            ):
+                conn.writer.write(ctrl_frame(msg))
+            await conn.writer.drain()
+            return
+        link, node = got
+        engine = self.engine
+        home = HomeJob(engine, meta, conn, link, node, user=user_name(meta.uid))
+        with contextlib.suppress(EOFError):  # the host went meanwhile: serve() says so
+            await link.send(Frame.COMMITTED, {"in_at": 0})
+        engine.home_jobs[meta.home_pid] = home
+        engine.placed(home)
+        log.info("job %d (on node %d) re-attached to its mosrun", meta.home_pid, node)
+        await home.serve()
 
     async def _lost_in_a_move(
         self, rec: dict[str, Any], holder: Holder, conn: ControlConnection
