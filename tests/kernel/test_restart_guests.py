@@ -32,12 +32,16 @@ def _each_once(job: Job) -> None:
     assert all(b == a + 1 for a, b in pairwise(counts)), "no number repeated or skipped"
 
 
+@pytest.mark.parametrize("options", [[], ["-C", "2"]], ids=["plain", "checkpointed"])
 def test_a_users_guest_outlives_a_kill_9_of_its_hosts_agent(
-    make_bed: MakeBed, jobs: list[Job], user: str
+    make_bed: MakeBed, jobs: list[Job], user: str, options: list[str]
 ) -> None:
+    """Checkpointed, it is also stopped from its adoption until home says yes: home restores
+    no checkpoint of it meanwhile (that would make two copies)."""
     bed = make_bed(2)
     token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user, cwd=str(bed.shared_dir))
+    argv = [*options, "python3", "-c", COUNT, token]
+    job = Job(bed, 1, argv, user=user, cwd=str(bed.shared_dir))
     jobs.append(job)
     job.counts(3)
     _moved(job, "0x640c", 0x640C)
@@ -55,7 +59,9 @@ def test_a_users_guest_outlives_a_kill_9_of_its_hosts_agent(
     job.proc.send_signal(signal.SIGUSR1)
     assert job.proc.wait(timeout=20) == 7
     assert job.proc.stderr is not None
-    assert b"the agent of node 0x640c restarted; the job goes on" in job.proc.stderr.read()
+    err = job.proc.stderr.read()
+    assert b"the agent of node 0x640c restarted; the job goes on" in err
+    assert b"checkpoint" not in err
     job.finish()
     _each_once(job)
     wait_until("no holder left", lambda: not _holders(bed, 1) and not _holders(bed, 2), 10)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pymosix.errors import AuthError
+from pymosix.migration import procstate
+from pymosix.migration.cantmove import tree_pids
 from pymosix.migration.channel import open_channel
 from pymosix.migration.holder import Holder
 from pymosix.migration.hosted import HostedJob
@@ -80,7 +82,12 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
         stdin_eof="in_w" not in fds,
         holder=holder,
     )
+    # Home may restore a checkpointed job once it gives this host up (REJOIN_S): until home
+    # says yes, the job must not run (its holder kept it running until now, < GUEST_ALONE_S).
+    fenced = _fence(holder.pid) if meta.checkpoint_s > 0 else None
     link, in_at, why = await _rejoin_home(engine, meta)
+    if link is not None and fenced is not None:
+        procstate.resume(holder.pid, fenced)
     if link is None:
         log.warning("guest %d of node %d: %s; killed", home_pid, home_node, why)
         _give_up(holder)
@@ -92,6 +99,15 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
     engine.add_hosted(hosted)
     log.info("guest %d of node %d taken back (pid %d here)", home_pid, home_node, holder.pid)
     return True
+
+
+def _fence(pid: int) -> set[int]:
+    """Stop every process of the job; those it had stopped itself (they stay so)."""
+    already = procstate.stopped_by_job(pid)
+    for p in tree_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGSTOP)
+    return already
 
 
 def _give_up(holder: Holder) -> None:
