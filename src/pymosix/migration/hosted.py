@@ -11,36 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
-import secrets
-import shutil
 import signal
-import struct
-import termios
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import psutil
 
 from pymosix.errors import CriuError, MigrationError
-from pymosix.ids import format_node_id
 from pymosix.keys import KeyRing
-from pymosix.migration import checkpoint, cputime, postcopy, procstate
-from pymosix.migration.cantmove import cantmove, process_owner, tree_pids
-from pymosix.migration.channel import Channel, open_channel
-from pymosix.migration.criu import CriuDriver, resume_dumped
+from pymosix.migration import checkpoint, moveout
+from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.holder import Holder
-from pymosix.migration.lifecycle import DEADLINES, RETRY_S, E, JobMeta, Machine, S
+from pymosix.migration.lifecycle import JobMeta, Machine
 from pymosix.migration.link import Frame, Link
-from pymosix.migration.moves import CannotMove, MoveStats, Refused
-from pymosix.migration.needs import gather
-from pymosix.migration.orphans import runs
-from pymosix.migration.pages import page_socketpair, relay_pages
+from pymosix.migration.moveout import close_channel, reap
+from pymosix.migration.moves import MoveStats
 from pymosix.migration.stdio import CHUNK as STDIO_CHUNK
 
 
@@ -74,7 +64,7 @@ class HostEngine(Protocol):
     async def home_again(self, job: HostedJob) -> Link | None: ...
 
 
-__all__ = ["HostEngine", "HostedJob", "JobMeta", "close_channel"]
+__all__ = ["HostEngine", "HostedJob", "JobMeta", "close_channel", "reap"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +77,6 @@ OUT_LOW = OUT_HIGH // 2
 #: Beats to home; a home silent this long is gone: the job is killed (it would be an orphan).
 BEAT_S = 1.0
 HOME_SILENT_S = 10.0
-FILE_CHUNK = 1024 * 1024
 #: Signals whose default action ends the process: a namespace init ignores them unless it has a
 #: handler, so the agent turns them into SIGKILL and reports the original signal.
 _TERMINATING = {
@@ -107,16 +96,6 @@ _TERMINATING = {
 _STOPPING = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
-async def close_channel(ch: Channel, wait_s: float = 2.0) -> None:
-    """Close, flushing what is queued for a while; a peer that stopped reading (frozen, cut
-    off) would hold a plain close forever: then the connection is aborted."""
-    try:
-        await asyncio.wait_for(ch.aclose(), wait_s)
-    except TimeoutError:
-        if ch.stream.transport is not None:
-            ch.stream.transport.abort()
-
-
 def _nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
 
@@ -133,14 +112,6 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             break
         out += chunk
-    return bytes(out)
-
-
-def _read_available(fd: int) -> bytes:
-    """What is buffered in a pipe now, without blocking and without touching its O_NONBLOCK."""
-    out = bytearray()
-    while (n := struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]) > 0:
-        out += os.read(fd, n)
     return bytes(out)
 
 
@@ -516,6 +487,23 @@ class HostedJob:
         self.stdin_w = None
         self.engine.hosted_gone(self)
 
+    # --- moving out (migration/moveout.py) ----------------------------------------------------
+
+    async def migrate_out(
+        self,
+        address: str,
+        port: int,
+        target: int,
+        offer_load: float | None = None,
+        reason: str = "request",
+    ) -> MoveStats:
+        """Move the job to the node at address:port; on any failure it continues here."""
+        return await moveout.migrate_out(self, address, port, target, offer_load, reason)
+
+    def lose(self) -> None:
+        """The job cannot go on here (its memory stopped coming): home hears it lost."""
+        moveout.lose(self)
+
     # --- signals -----------------------------------------------------------------------------
 
     def deliver_signal(self, sig: int) -> None:
@@ -542,386 +530,3 @@ class HostedJob:
             self.killed_by = None
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, target)
-
-    # --- moving out --------------------------------------------------------------------------
-
-    async def migrate_out(
-        self,
-        address: str,
-        port: int,
-        target: int,
-        offer_load: float | None = None,
-        reason: str = "request",
-    ) -> MoveStats:
-        """Move the job to the node at address:port; on any failure it continues here."""
-        async with self._moving:
-            if self.state != "running":
-                raise MigrationError(f"job {self.meta.home_pid} is {self.state}")
-            why = cantmove(self.pid, criu_version=await self.engine.criu.version())
-            if why:
-                raise CannotMove(f"job {self.meta.home_pid} cannot move: {why}")
-            t_begin = time.monotonic()
-            self.move = Machine.source(t_begin)
-            self.move.step(E.OFFER, t_begin)
-            self.move_id = secrets.token_hex(8)
-            # Ask first: a target that is down or says no costs the job nothing.
-            try:
-                ch = await self._offer(address, port, target, offer_load, reason)
-            except BaseException:
-                self.move.step(E.REFUSED, time.monotonic())
-                raise
-            if self.holder is not None:
-                self.holder.moving(True)  # an agent dying from here on leaves it to no one
-            try:
-                return await self._move(ch, target, t_begin)
-            finally:
-                if self.holder is not None:
-                    self.holder.moving(False)
-                await close_channel(ch)
-
-    async def _offer(
-        self, address: str, port: int, target: int, offer_load: float | None, reason: str
-    ) -> Channel:
-        """A channel to the target, which has agreed to take this job."""
-        keys = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in (0, 1, 2)}
-        uid, gid = process_owner(self.pid) or (self.meta.uid, self.meta.uid)
-        needs = await asyncio.to_thread(
-            gather, self.pid, uid, gid, await self.engine.criu.version()
-        )
-        faults = self.engine.faults
-        needs = replace(needs, files=tuple(f for f in needs.files if not faults.unlisted(f.path)))
-        try:
-            ch = await open_channel(
-                address, port, self.engine.agent.keys, self.engine.agent.node_id
-            )
-        except (OSError, TimeoutError) as e:
-            raise MigrationError(
-                f"cannot reach node {target} at {address}:{port}: {e or type(e).__name__}"
-            ) from None
-        try:
-            # As the job will be once it arrives: moved and frozen once more.
-            meta = self.meta.to_wire() | {
-                "migrations": self.meta.migrations + 1,
-                "freezes": self.meta.freezes + 1,
-            }
-            wire_keys = {str(k): v for k, v in keys.items()}
-            await ch.send(
-                Frame.MIGRATE,
-                {
-                    "meta": meta,
-                    "keys": wire_keys,
-                    "offer_load": offer_load,
-                    "reason": reason,
-                    "needs": needs.to_wire(),
-                    "move": self.move_id,
-                    "postcopy": await postcopy.source_offer(self),
-                },
-            )
-            kind, p = await asyncio.wait_for(ch.recv(), 30)
-        except BaseException as e:
-            await ch.aclose()
-            if isinstance(e, (OSError, EOFError, TimeoutError)):
-                why = e or type(e).__name__
-                raise MigrationError(f"node {target} did not answer: {why}") from None
-            raise
-        if kind != Frame.READY:
-            await ch.aclose()
-            raise Refused(f"the target refused: {p.get('error', 'no reason given')}")
-        self.postcopy = bool(p.get("postcopy"))
-        return ch
-
-    async def _move(self, ch: Channel, target: int, t_begin: float) -> MoveStats:
-        """Freeze, stream the image, restore on the target; roll back here on any failure that
-        leaves no doubt (lifecycle.py): once DONE is out, only home's word ends the move."""
-        images = Path(self.engine.image_root) / f"out-{self.meta.home_pid}-{secrets.token_hex(4)}"
-        m = self.move
-        assert m is not None
-        self._paused_ack.clear()
-        self._in_paused = True
-        await self.link.send(Frame.PAUSE, {"move": self.move_id})
-        try:
-            await asyncio.wait_for(self._paused_ack.wait(), 10)
-        except TimeoutError:
-            self._in_paused = False
-            self._in_ready.set()
-            raise MigrationError("home did not pause stdin in time") from None
-        m.step(E.READY, time.monotonic())
-        leftover = b""
-        # Before the freeze: which processes the job itself keeps stopped (they stay so).
-        keep_stopped = procstate.stopped_by_job(self.pid)
-        lazy: postcopy.LazySource | None = None
-        try:
-            self._unwatch_output()
-            t_freeze = time.monotonic()
-            if self.postcopy:
-                lazy = await postcopy.dump_lazy(self, ch, images)
-                ch = lazy.channel  # pages flow on it from now on, beside the move's frames
-            else:
-                await self._dump(ch, images, target, m)
-            m.step(E.FROZEN, time.monotonic())
-            t_dumped = time.monotonic()
-            self._flush_ack.clear()
-            self.flush_output(then=(Frame.FLUSHED, {}))
-            await asyncio.wait_for(self._flush_ack.wait(), 10)
-            leftover = _read_available(self.stdin_r)
-            t_flushed = time.monotonic()
-            new_pid = await self._finish_transfer(
-                ch,
-                images,
-                leftover + bytes(self.pending_in),
-                cputime.used_by_tree(self.pid),
-                keep_stopped,
-                target,
-            )
-        except BaseException as e:
-            if lazy is not None:
-                await lazy.stop()  # criu lets go of the job, which stays stopped
-            if m.state in (S.COMMITTED, S.LOST):
-                raise  # not ours any more: never resumed here (see _finish_transfer)
-            # Rollback: the unread stdin goes back into the pipe, the job goes on here.
-            if leftover and self.stdin_w is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self.stdin_w, leftover)
-            elif leftover:
-                self.pending_in[:0] = leftover
-            # Every process of the tree, not just its init; whatever state a failed or killed
-            # criu left them in (a failed dump resumes them itself: SIGCONT again is harmless).
-            resume_dumped(self.pid, keep_stopped)  # TCP sockets out of repair mode too
-            self._watch_output()
-            self._in_paused = False
-            self._in_ready.set()
-            with contextlib.suppress(EOFError):
-                await self.link.send(Frame.RESUME, {})
-            shutil.rmtree(images, ignore_errors=True)
-            if m.can(E.FAILED):
-                m.step(E.FAILED, time.monotonic())
-            if m.can(E.RESUMED):
-                m.step(E.RESUMED, time.monotonic())
-            if isinstance(e, (MigrationError, CriuError)):
-                raise
-            if isinstance(e, (OSError, EOFError, TimeoutError, KeyError, ValueError)):
-                raise MigrationError(
-                    f"migration to node {target} failed: {e or type(e).__name__}"
-                ) from None
-            raise
-        t_done = time.monotonic()
-        if lazy is not None:
-            self.state = "moved"  # it runs on the target: nothing here acts for it any more
-            # The original stays frozen until the target has every page; after the commit a
-            # broken transfer loses the job (the target's copy ran on: never resumed here).
-            try:
-                await lazy.last_page(self.meta.home_pid)
-            except MigrationError as e:
-                log.error("job %d: %s after the move committed", self.meta.home_pid, e)
-        self._drop_original(images)
-        await self._reap_original()
-        log.info(
-            "job %d moved to node %d (pid %d there): frozen %.3f s (dump and pages %.3f, "
-            "flush %.3f, rest of the image and restore %.3f); pause took %.3f s",
-            self.meta.home_pid,
-            target,
-            new_pid,
-            t_done - t_freeze,
-            t_dumped - t_freeze,
-            t_flushed - t_dumped,
-            t_done - t_flushed,
-            t_freeze - t_begin,
-        )
-        self.finish()
-        return MoveStats(new_pid, t_done - t_freeze, self._image_bytes)
-
-    def lose(self) -> None:
-        """The job cannot go on here (its memory stopped coming): home hears the link end and
-        reports the job lost, with no exit status of ours (it was killed on purpose)."""
-        self.state = "lost"
-        self._outq.put_nowait(None)
-
-    def _drop_original(self, images: Path) -> None:
-        """The copy on the target is the job now (or may be): the frozen original goes."""
-        self.state = "moved"
-        for pid in tree_pids(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(images, ignore_errors=True)
-        self._outq.put_nowait(None)
-
-    async def _reap_original(self) -> None:
-        await reap(self.pid)
-
-    async def _dump(self, ch: Channel, images: Path, target: int, m: Machine) -> None:
-        """criu dump, its pages streamed to the target; a target that stops taking them for
-        the FREEZING deadline ends the dump (criu fails cleanly when its socket closes)."""
-        criu_end, ours = page_socketpair()
-        watched = _Watched(ch, m)
-        relay = asyncio.ensure_future(relay_pages(cast(Channel, watched), ours, limit=1 << 20))
-        self.meta.freezes += 1
-        # The log lives beside the images, not in them: a rollback removes them.
-        dump_log = Path(self.engine.image_root) / f"dump-{self.meta.home_pid}.log"
-        dump = asyncio.ensure_future(
-            self.engine.criu.dump(
-                self.pid,
-                images,
-                leave_stopped=True,
-                page_socket=criu_end,
-                log=dump_log,
-                owner=process_owner(self.pid),
-            )
-        )
-        stalled = False
-        try:
-            while not dump.done():
-                await asyncio.wait({dump}, timeout=0.25)
-                if not dump.done() and m.expired(time.monotonic()) and not relay.done():
-                    stalled = True
-                    relay.cancel()
-                    ours.close()
-            try:
-                await dump
-            except CriuError:
-                if stalled:
-                    raise MigrationError(
-                        f"node {format_node_id(target)} stopped taking the job's memory for "
-                        f"{DEADLINES[('source', S.FREEZING)]:.0f} s (step: pages); "
-                        "it goes on here"
-                    ) from None
-                # A dump that failed because the pages had nowhere to go: say why that was.
-                lost = relay.done() and not relay.cancelled() and relay.exception()
-                if lost:
-                    raise MigrationError(
-                        f"node {target} stopped taking the job's memory "
-                        f"({lost or type(lost).__name__}); it goes on here"
-                    ) from None
-                raise
-            dump_log.unlink(missing_ok=True)
-            await asyncio.wait_for(relay, DEADLINES[("source", S.FREEZING)])
-        finally:
-            if not dump.done():
-                dump.cancel()
-            if not relay.done():
-                relay.cancel()
-            await asyncio.gather(dump, relay, return_exceptions=True)
-            ours.close()  # the relay closes it, unless cancelled before it ever ran
-
-    async def _finish_transfer(
-        self,
-        ch: Channel,
-        images: Path,
-        stdin: bytes,
-        cpu_used: dict[int, float],
-        keep_stopped: set[int],
-        target: int,
-    ) -> int:
-        """Send what the dump left here (all but the pages), the unread stdin and the CPU time
-        each process used here (by its PID in the job's namespace); the pid the job has on the
-        target once it is restored there (0 if only home knows it committed)."""
-        m = self.move
-        assert m is not None
-        files_s = DEADLINES[("source", S.TRANSFERRING)]
-        for f in sorted(images.iterdir()):
-            if f.name.endswith(".log"):
-                continue
-            with f.open("rb") as fh:
-                chunk, first = fh.read(FILE_CHUNK), True
-                while True:
-                    payload = {"name": f.name, "data": chunk, "first": first}
-                    await asyncio.wait_for(ch.send(Frame.FILE, payload), files_s)
-                    chunk, first = fh.read(FILE_CHUNK), False
-                    if not chunk:
-                        break
-        # From here the target may restore the job: a doubt is settled by home, never guessed.
-        m.step(E.DONE_SENT, time.monotonic())
-        why = "no answer"
-        try:
-            if await self.engine.faults.passes("DONE"):
-                done = {
-                    "stdin": stdin,
-                    "stdin_eof": self.stdin_eof,
-                    "in_end": self.in_end,
-                    "cpu_used": {str(k): v for k, v in cpu_used.items()},
-                    "stopped": sorted(keep_stopped),
-                }
-                await asyncio.wait_for(ch.send(Frame.DONE, done), files_s)
-            while True:
-                due = (m.deadline() or 0.0) - time.monotonic()
-                kind, p = await asyncio.wait_for(ch.recv(), max(0.0, due))
-                if kind == Frame.BEAT:
-                    m.touch(time.monotonic())
-                elif kind == Frame.RESTORED:
-                    m.step(E.RESTORED, time.monotonic())
-                    self._image_bytes = int(p.get("image_bytes") or 0)
-                    return int(p["pid"])
-                else:
-                    why = f"it refused: {p.get('error', 'no reason given')}"
-                    break
-        except TimeoutError:
-            why = f"it did not answer for {DEADLINES[('source', S.RESTORING)]:.0f} s"
-        except (EOFError, OSError) as e:
-            why = f"the connection broke ({e or type(e).__name__})"
-        m.step(E.FAILED, time.monotonic())
-        committed = await self._ask_home(m)
-        node = format_node_id(target)
-        if committed is None:
-            m.step(E.NO_ANSWER, time.monotonic())
-            self._drop_original(images)
-            self.state = "lost"
-            await self._reap_original()
-            self.finish()
-            raise MigrationError(
-                f"node {node} did not confirm the restore ({why}, step: restore) and home did "
-                "not say whether the move committed: the copy here is gone"
-            )
-        if committed:
-            m.step(E.HOME_COMMITTED, time.monotonic())
-            log.warning("job %d: home says the move to node %s committed", self.meta.home_pid, node)
-            return 0
-        m.step(E.HOME_ABORTED, time.monotonic())
-        raise MigrationError(
-            f"node {node} did not restore the job ({why}, step: restore); it goes on here"
-        )
-
-    async def _ask_home(self, m: Machine) -> bool | None:
-        """Did the move commit? Home's decision (it aborts a move nobody committed yet);
-        None if home does not answer within the DECIDING deadline."""
-        self._verdict = asyncio.get_running_loop().create_future()
-        try:
-            while not m.expired(time.monotonic()):
-                if await self.engine.faults.passes("ASK"):
-                    self._outq.put_nowait((Frame.ASK, {"move": self.move_id}))
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(self._verdict), RETRY_S)
-            return None
-        finally:
-            self._verdict = None
-
-
-async def reap(pid: int, timeout_s: float = 5.0) -> None:
-    """Wait (without blocking the loop) for a killed child of ours to be gone, and reap it;
-    for a job under a holder (its parent), wait for it to be gone."""
-    for _ in range(int(timeout_s / 0.01)):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-        except ChildProcessError:
-            done = not runs(pid)
-        if done:
-            return
-        await asyncio.sleep(0.01)
-
-
-class _Watched:
-    """A channel whose every frame counts as progress of the move (the pages' deadline)."""
-
-    def __init__(self, ch: Channel, m: Machine) -> None:
-        self._ch, self._m = ch, m
-
-    async def send(self, kind: int, payload: dict[str, Any]) -> None:
-        await self._ch.send(kind, payload)
-        self._m.touch(time.monotonic())
-
-    async def send_plaintext(self, plaintext: Any) -> None:
-        await self._ch.send_plaintext(plaintext)
-        self._m.touch(time.monotonic())
-
-    async def recv(self) -> tuple[int, dict[str, Any]]:
-        got = await self._ch.recv()
-        self._m.touch(time.monotonic())
-        return got
