@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections import deque
@@ -27,32 +26,27 @@ from pymosix.errors import (
     PymosixError,
 )
 from pymosix.ids import format_node_id
-from pymosix.migration import checkpoint, cputime, postcopy, procstate
+from pymosix.migration import checkpoint, cputime, procstate
 from pymosix.migration.away import AwayRecords
 from pymosix.migration.cantmove import cantmove
-from pymosix.migration.channel import Channel, accept_channel, frame_length, open_channel
+from pymosix.migration.channel import accept_channel, frame_length
 from pymosix.migration.checkpoint import Held
 from pymosix.migration.criu import CriuDriver
 from pymosix.migration.faults import Faults
 from pymosix.migration.framestream import FrameStream, listen
-from pymosix.migration.heldrestore import restore_held
 from pymosix.migration.home import HomeJob
-from pymosix.migration.hosted import HostedJob, close_channel, reap
-from pymosix.migration.imagecheck import receive_rest
-from pymosix.migration.lifecycle import RETRY_S, E, JobMeta, Machine
+from pymosix.migration.hosted import HostedJob, close_channel
+from pymosix.migration.lifecycle import JobMeta
 from pymosix.migration.link import ChannelLink, Frame, Link, LocalLink
 from pymosix.migration.moves import (
     RECENT_MOVES,
     MoveRecord,
     MoveStats,
-    Refused,
     reason_of,
     result_of,
 )
-from pymosix.migration.needs import Needs, look_here
-from pymosix.migration.needs import refusal as needs_refusal
 from pymosix.migration.orphans import JobRecords
-from pymosix.migration.pages import page_socketpair, relay_pages
+from pymosix.migration.receive import receive, restore_job
 from pymosix.migration.rejoin import home_again
 from pymosix.migration.restart import Restarts, record_extra, start_held, user_name
 from pymosix.migration.spawn import (
@@ -116,14 +110,6 @@ async def _all_or_why(moves: list[tuple[int, Awaitable[int]]], what: str) -> Non
     ]
     if failed:
         raise PymosixError(f"{what}: " + "; ".join(failed))
-
-
-async def _beat(ch: Channel) -> None:
-    """While a target restores and attaches a job: the source hears it is alive."""
-    with contextlib.suppress(OSError, EOFError):
-        while True:
-            await asyncio.sleep(1.0)
-            await ch.send(Frame.BEAT, {})
 
 
 def _key(job: HostedJob) -> tuple[int, int]:
@@ -258,7 +244,7 @@ class MigrationEngine:
         """Restore a job whose host was lost, here, from its checkpoint (checkpoint.py)."""
         spent = checkpoint.resume_meta(job.meta, held)
         replay = job.stdin.since(held.stdin_at)  # what it read after the checkpoint, again
-        hosted = await self.restore_job(job.meta, held.path, held.keys, replay, job.stdin_eof)
+        hosted = await restore_job(self, job.meta, held.path, held.keys, replay, job.stdin_eof)
         hosted.link, home_end, hosted.in_end = *LocalLink.pair(), job.stdin.total
         self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
         with contextlib.suppress(OSError):
@@ -635,7 +621,7 @@ class MigrationEngine:
                     if not keep:
                         await ch.send(Frame.KILL, {})
             elif kind == Frame.MIGRATE:
-                keep = await self._receive(ch, p)
+                keep = await receive(self, ch, p)
             elif kind == Frame.QUERY and self.answer_query is not None:
                 await ch.send(Frame.REPLY, self.answer_query(p))
         except (
@@ -653,251 +639,6 @@ class MigrationEngine:
             if not keep:
                 await close_channel(ch)
             self._conns.discard(task)
-
-    async def _receive(self, ch: Channel, p: dict[str, Any]) -> bool:
-        """An incoming job: take the image, restore it, tell its home where it is now."""
-        self._incoming += 1
-        try:
-            return await self._receive_job(ch, p)
-        finally:
-            self._incoming -= 1
-
-    async def _receive_job(self, ch: Channel, p: dict[str, Any]) -> bool:
-        meta = JobMeta.from_wire(p["meta"])
-        me = self.agent.node_id
-        t_offer = time.monotonic()
-        why = reason_of(p.get("offer_load"), p.get("reason"))
-        image_bytes = None
-
-        def moved(error: BaseException | None) -> None:
-            self._moved(
-                self._record(meta, "in", ch.peer_id, why, t_offer, error, None, image_bytes)
-            )
-
-        refusal = None
-        if self.agent.flags.block and meta.home_node != me:
-            refusal = f"node {format_node_id(me)} blocks guests (mosctl noblock)"
-        elif self.accept is not None and p.get("offer_load") is not None:
-            refusal = self.accept(meta.home_node, float(p["offer_load"]))
-        if not refusal:
-            refusal = await self._check_needs(p.get("needs"))
-        if not refusal and not await self.faults.passes("READY"):
-            refusal = f"node {format_node_id(me)} refuses (fault hook)"
-        if refusal:
-            log.info("refused job %d of node %d: %s", meta.home_pid, ch.peer_id, refusal)
-            moved(Refused(refusal))
-            await ch.send(Frame.FAILED, {"error": refusal})
-            return False
-        if await postcopy.target_takes(self, p, meta.home_pid):
-            await ch.send(Frame.READY, {"postcopy": True})
-            return await postcopy.receive(self, ch, p, moved)
-        images = self.image_root / f"in-{meta.home_pid}-{secrets.token_hex(4)}"
-        images.mkdir(mode=0o700)
-        criu_end, ours = page_socketpair()
-        server = asyncio.ensure_future(self.criu.page_server(images, criu_end))
-        beats: asyncio.Future[None] | None = None
-        restored = False
-        try:
-            await ch.send(Frame.READY, {})
-            t0 = time.monotonic()
-            await relay_pages(ch, ours, self.max_image_bytes)
-            await asyncio.wait_for(server, 30)
-            t_pages = time.monotonic()
-            done = await receive_rest(ch, images, self.max_image_bytes, p.get("needs"))
-            t_received = time.monotonic()
-            image_bytes = sum(f.stat().st_size for f in images.iterdir())
-            keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
-            stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
-            spent = cputime.account(meta, stint)
-            beats = asyncio.ensure_future(_beat(ch))
-            hosted = await self.restore_job(
-                meta, images, keys, bytes(done.get("stdin") or b""), bool(done.get("stdin_eof"))
-            )
-            await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
-            hosted.in_end = int(done.get("in_end") or 0)
-        except EOFError:
-            log.warning("job %d: node %d gave up sending it", meta.home_pid, ch.peer_id)
-            moved(MigrationError(f"node {ch.peer_id} gave up sending it"))
-            return False
-        except (CriuError, MigrationError, OSError, ValueError, TimeoutError) as e:
-            log.warning("could not take job %d: %s", meta.home_pid, e)
-            moved(e)
-            with contextlib.suppress(OSError, EOFError):
-                await ch.send(Frame.FAILED, {"error": str(e) or type(e).__name__})
-            return False
-        else:
-            restored = True
-            log.info(
-                "job %d: pages received in %.3f s, the rest in %.3f s, restored in %.3f s",
-                meta.home_pid,
-                t_pages - t0,
-                t_received - t_pages,
-                time.monotonic() - t_received,
-            )
-        finally:
-            if beats is not None and not restored:
-                beats.cancel()
-            if not server.done():
-                server.cancel()
-            await asyncio.gather(server, return_exceptions=True)
-            criu_end.close()
-            ours.close()
-            shutil.rmtree(images, ignore_errors=True)
-        # Restored and stopped: it runs only once home has recorded the commit (lifecycle.py).
-        try:
-            error = await self._commit(hosted, str(p.get("move") or ""))
-        finally:
-            assert beats is not None
-            beats.cancel()
-            await asyncio.gather(beats, return_exceptions=True)
-        if error is not None:
-            moved(MigrationError(error))
-            await self._discard(hosted)
-            log.warning("job %d: %s; its copy here is gone", meta.home_pid, error)
-            with contextlib.suppress(OSError, EOFError):
-                await ch.send(Frame.FAILED, {"error": f"restored, but {error}"})
-            return False
-        procstate.resume(hosted.pid, {int(x) for x in done.get("stopped") or []})
-        self.add_hosted(hosted)
-        moved(None)
-        if await self.faults.passes("RESTORED"):
-            with contextlib.suppress(OSError, EOFError):
-                await ch.send(Frame.RESTORED, {"pid": hosted.pid, "image_bytes": image_bytes})
-        log.info(
-            "job %d arrived from node %d (pid %d here, move %d)",
-            meta.home_pid,
-            ch.peer_id,
-            hosted.pid,
-            meta.migrations,
-        )
-        return False
-
-    async def _commit(self, job: HostedJob, move: str) -> str | None:
-        """Ask home to record the move (ATTACH), again until the ATTACHING deadline; None once
-        home said COMMITTED (the job's link is then set), else why not."""
-        m = Machine.target(time.monotonic())
-        m.step(E.IMAGE_IN, m.since)
-        m.step(E.RESTORED, m.since)
-        why = "its home did not confirm the move"
-        while not m.expired(time.monotonic()):
-            try:
-                link = await asyncio.wait_for(self._link_home(job, move), RETRY_S * 2)
-                kind: int = Frame.KILL
-                if link is not None:
-                    try:
-                        kind = Frame.BEAT
-                        while kind == Frame.BEAT:
-                            kind, _ = await asyncio.wait_for(link.recv(), RETRY_S * 2)
-                    except BaseException:
-                        link.close()
-                        raise
-            except (OSError, EOFError, AuthError, TimeoutError) as e:
-                why = f"could not reach its home node: {e or type(e).__name__}"
-                await asyncio.sleep(RETRY_S / 2)
-                continue
-            if kind == Frame.COMMITTED and link is not None:
-                m.step(E.HOME_COMMITTED, time.monotonic())
-                job.link = link
-                return None
-            if link is not None:
-                link.close()
-            m.step(E.HOME_ABORTED, time.monotonic())
-            return "its home had already given the move up"
-        m.step(E.NO_ANSWER, time.monotonic())
-        return why
-
-    async def _discard(self, job: HostedJob) -> None:
-        """Kill a restored copy that must not run (its move did not commit), and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(job.pid, 9)
-        if job.holder is not None:
-            job.holder.release()  # it goes once the job is dead
-        await reap(job.pid)
-        for fd in (job.stdin_r, *job.out_fds.values(), *([job.stdin_w] if job.stdin_w else [])):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    async def _check_needs(self, wire: Any) -> str | None:
-        """The target's yes or no to what the job needs (migration/needs.py)."""
-        if wire is None:
-            return "the offer says nothing of what the job needs (update pymosix on that node)"
-        try:
-            needs = Needs.from_wire(wire)
-        except (KeyError, TypeError, ValueError) as e:
-            return f"malformed offer: {e or type(e).__name__}"
-        here = await asyncio.to_thread(
-            look_here, needs, self.agent.node_id, await self.criu.version(), self.image_root
-        )
-        return needs_refusal(needs, here)
-
-    async def restore_job(
-        self,
-        meta: JobMeta,
-        images: Path,
-        keys: dict[int, str],
-        stdin: bytes,
-        stdin_eof: bool,
-        lazy: bool = False,
-    ) -> HostedJob:
-        in_r, in_w, out_r, out_w, err_r, err_w = stdio_pipes()
-        inherit = {in_r: keys[0], out_w: keys[1]}
-        if keys[2] != keys[1]:
-            inherit[err_w] = keys[2]
-        at_home = meta.home_node == self.agent.node_id
-        try:
-            # Under a holder, so that it outlives this agent (heldrestore.py).
-            result, holder = await restore_held(
-                self.criu,
-                images,
-                inherit,
-                (in_w, in_r, out_r, err_r),
-                self.records.dir,
-                meta.home_pid if at_home else None,
-                leave_stopped=True,
-                lazy=lazy,
-            )
-        except BaseException:
-            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
-                os.close(fd)
-            raise
-        for fd in (out_w, err_w):
-            os.close(fd)
-        job = HostedJob(
-            self,
-            meta,
-            result.pid,
-            in_w,
-            in_r,
-            {1: out_r, 2: err_r},
-            link=LocalLink.pair()[0],
-            arrived_at=time.monotonic(),
-            stdin_eof=stdin_eof,
-            holder=holder,
-        )
-        job.pending_in += stdin
-        return job
-
-    async def _link_home(self, job: HostedJob, move: str) -> Link | None:
-        """A link to the job's home with ATTACH sent on it (COMMITTED or KILL is the answer);
-        None if home, this very node, refused the commit."""
-        me = self.agent.node_id
-        if job.meta.home_node == me:
-            home = self.home_jobs.get(job.meta.home_pid)
-            if home is None:
-                raise OSError("its deputy (mosrun) is gone")
-            host_end, home_end = LocalLink.pair()
-            return host_end if await home.attach(home_end, me, move) else None
-        entry = self.agent.cluster.get(job.meta.home_node)  # type: ignore[arg-type]
-        if entry is None:
-            raise OSError(f"home node {job.meta.home_node} is not in the map")
-        ch = await open_channel(
-            entry.address,
-            entry.migration_port or self.agent.config.migration_port,
-            self.agent.keys,
-            me,
-        )
-        await ch.send(Frame.ATTACH, {"home_pid": job.meta.home_pid, "node": me, "move": move})
-        return ChannelLink(ch)
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(Exception):

@@ -412,7 +412,7 @@ async def receive(
 ) -> bool:
     """Take a job by post-copy: small images, restore with lazy pages, commit, then its memory.
     READY (with postcopy) is already sent. Always False (the channel closes when it returns)."""
-    from pymosix.migration.engine import _beat
+    from pymosix.migration import receive as taking  # it imports this module
     from pymosix.migration.lifecycle import JobMeta
 
     meta = JobMeta.from_wire(p["meta"])
@@ -434,7 +434,7 @@ async def receive(
         keys = {int(k): str(v) for k, v in dict(p["keys"]).items()}
         stint = {int(k): float(v) for k, v in dict(done.get("cpu_used") or {}).items()}
         spent = cputime.account(meta, stint)
-        beats = asyncio.ensure_future(_beat(ch))
+        beats = asyncio.ensure_future(taking.beat(ch))
         args = lazy_daemon_args(images, log_path, criu_end.fileno(), status_w)
         daemon = await asyncio.create_subprocess_exec(
             *WATCHER,
@@ -455,7 +455,8 @@ async def receive(
         await _wait_status(status_r, daemon, "lazy-pages")
         watched = cast(Channel, _Silent(ch))
         relay = asyncio.ensure_future(relay_pages(watched, ours, engine.max_image_bytes))
-        hosted = await engine.restore_job(
+        hosted = await taking.restore_job(
+            engine,
             meta,
             images,
             keys,
@@ -465,7 +466,7 @@ async def receive(
         )
         await asyncio.to_thread(cputime.carry_limits, hosted.pid, spent)
         t_restored = time.monotonic()
-        error = await engine._commit(hosted, str(p.get("move") or ""))
+        error = await taking.commit(engine, hosted, str(p.get("move") or ""))
         if error is not None:
             raise MigrationError(f"restored, but {error}")
         committed = True
@@ -523,7 +524,7 @@ async def receive(
         log.warning("could not take job %d by post-copy: %s", meta.home_pid, why)
         moved(e)
         if hosted is not None:
-            await engine._discard(hosted)
+            await taking.discard(engine, hosted)
         with contextlib.suppress(OSError, EOFError):
             await ch.send(Frame.FAILED, {"error": why})
         return False
