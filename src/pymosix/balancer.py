@@ -99,6 +99,9 @@ class Balancer:
         self.moves = 0
         self._capacity, self._capacity_at = 1.0, float("-inf")
         self._task: asyncio.Task[None] | None = None
+        #: Set when a job here gets its first CPU figure: a round then, not up to a period later.
+        self._wake = asyncio.Event()
+        engine.measure_listeners.append(self._wake.set)
         agent.balancer = self  # type: ignore[attr-defined]
         engine.accept = self.accept
 
@@ -130,11 +133,14 @@ class Balancer:
         return ClusterSnapshot(NodeId(me_id), now, jobs, peers, me, self.policy, tuple(self.recent))
 
     async def _loop(self) -> None:
-        # Twice per load interval: a new job is seen within half an interval of its minimum age;
-        # the policy's cool-downs and recent moves keep the extra rounds from moving anything twice.
+        # Twice per load interval, and as soon as a new job has its first CPU figure (at about
+        # its minimum age); the policy's cool-downs and recent moves keep the extra rounds from
+        # moving anything twice.
         period = self.agent.config.load_interval_ms / 2000
         while True:
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), period)
+            self._wake.clear()
             if not self.agent.config.balance:
                 continue
             try:

@@ -145,6 +145,8 @@ class MigrationEngine:
         #: Recent moves in and out (the web monitor), and who hears of each (the metrics).
         self.moves: deque[MoveRecord] = deque(maxlen=RECENT_MOVES)
         self.move_listeners: list[Callable[[MoveRecord], None]] = []
+        #: Who hears that a job here has its first CPU figure (the balancer wakes for it).
+        self.measure_listeners: list[Callable[[], None]] = []
         for op, handler in (
             ("run", self._op_run),
             ("jobs", self._op_jobs),
@@ -252,6 +254,10 @@ class MigrationEngine:
         procstate.resume(hosted.pid, held.stopped)
         log.info("job %d restored here from checkpoint %s", job.meta.home_pid, held.id)
         return home_end, self.agent.node_id
+
+    def measured(self, job: HostedJob) -> None:
+        for listener in self.measure_listeners:
+            listener()
 
     def home_gone(self, job: HomeJob) -> None:
         if self.home_jobs.get(job.meta.home_pid) is job:

@@ -61,6 +61,7 @@ class HostEngine(Protocol):
         self, job: HostedJob, target: int, offer_load: float | None = None
     ) -> int: ...
     def hosted_gone(self, job: HostedJob) -> None: ...
+    def measured(self, job: HostedJob) -> None: ...
     async def home_again(self, job: HostedJob) -> Link | None: ...
 
 
@@ -151,6 +152,7 @@ class HostedJob:
     _out_ended: set[int] = field(default_factory=set)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _unsent: tuple[int, dict[str, Any]] | None = None
+    _measured: bool = False
     _receiving: asyncio.Task[None] | None = None
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
     heard: float = field(default_factory=time.monotonic)  # last frame from home
@@ -406,6 +408,9 @@ class HostedJob:
                 self.cpu_percent, self.rss = cpu, int(rss)
                 self.cpu_here_s = max(self.cpu_here_s, used)
                 self._outq.put_nowait((Frame.STATS, self.stats()))
+                if period == 1.0 and not self._measured:
+                    self._measured = True
+                    self.engine.measured(self)  # the balancer may move it now, not next round
 
     def stats(self) -> dict[str, Any]:
         """What home shows of the job (mps): CPU now, memory, CPU time in all, why it stays."""
