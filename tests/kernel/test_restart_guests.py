@@ -158,3 +158,26 @@ def test_a_job_away_whose_home_agent_does_not_come_back_is_gone(
     assert time.monotonic() - t0 > 5
     assert job.proc.wait(timeout=40) == 255
     wait_until("no holder on node2", lambda: not _holders(bed, 2), 10)
+
+
+def test_mps_lists_a_job_that_waits_for_its_mosrun_after_a_restart(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    jobs.append(job)
+    job.counts(3)
+    _moved(job, "0x640c", 0x640C)
+    job.proc.send_signal(signal.SIGSTOP)  # mosrun cannot come back to the next agent yet
+    try:
+        _restart(bed, 1)
+        row = job.row()
+        assert row is not None
+        assert (row["state"], row["node"]) == ("waiting", 0x640C), row
+    finally:
+        job.proc.send_signal(signal.SIGCONT)
+    wait_until("re-attached", lambda: (job.row() or {}).get("state") == "running", 20)
+    job.drain_ints()
+    job.counts(5)
+    assert len(_copies(token)) == 1

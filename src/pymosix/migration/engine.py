@@ -528,7 +528,8 @@ class MigrationEngine:
                 )
             elif h.meta.home_pid in self.home_jobs:
                 rows[[r["home_pid"] for r in rows].index(h.meta.home_pid)]["pid"] = h.pid
-        return rows
+        listed = {r["home_pid"] for r in rows}
+        return rows + [r for r in self.restarts.rows() if r["home_pid"] not in listed]
 
     async def _op_cantmove(self, req: dict[str, Any], conn: ControlConnection) -> dict[str, Any]:
         """Why a job cannot move (openMosix's /proc/PID/cantmove), for its owner and root."""

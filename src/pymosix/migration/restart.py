@@ -130,6 +130,34 @@ class Restarts:
                 WAIT_S,
             )
 
+    def rows(self) -> list[dict[str, Any]]:
+        """mps's rows for the jobs a dead agent left that wait for their mosrun (and host)."""
+        me = int(self.engine.agent.node_id)
+        waiting = [(rec, me) for rec in self.pending.values()]
+        waiting += [(w.rec, int(w.rec["node"])) for w in self.away.values()]
+        rows = []
+        for rec, node in waiting:
+            meta = JobMeta.from_wire(rec["meta"])
+            rows.append(
+                {
+                    "home_pid": meta.home_pid,
+                    "user": user_name(meta.uid),
+                    "node": node,
+                    "home_node": me,
+                    "guest": False,
+                    "state": "waiting",  # for its mosrun to re-attach (docs/reliability.md)
+                    "cpu": 0.0,
+                    "rss": 0,
+                    "migrations": meta.migrations,
+                    "locked": meta.locked,
+                    "command": " ".join(meta.argv),
+                    "cpu_s": meta.cpu_s,
+                    "freezes": meta.freezes,
+                    "why": "its agent restarted: waiting for its mosrun",
+                }
+            )
+        return rows
+
     def offer_link(self, home_pid: int, link: Link, node: int) -> bool:
         """The host of a job away asks to rejoin: kept until its mosrun comes back."""
         waiting = self.away.get(home_pid)
