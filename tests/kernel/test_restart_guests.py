@@ -181,3 +181,29 @@ def test_mps_lists_a_job_that_waits_for_its_mosrun_after_a_restart(
     job.drain_ints()
     job.counts(5)
     assert len(_copies(token)) == 1
+
+
+def test_a_restored_copy_not_yet_committed_dies_with_its_agent_at_once(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    """Its holder starts `moving`: a target agent killed before home's commit leaves it to no
+    one, and the job goes on where it was (home aborts the move)."""
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    jobs.append(job)
+    job.counts(3)
+    bed.set_faults(1, "delay ATTACH 6 once\n")  # home holds the commit back
+    move = bed.popen(1, ["migrate", str(job.pid), "0x640c"])
+    try:
+        wait_until("the copy restored on node2", lambda: len(_copies(token)) == 2, 20)
+        bed.kill_agent(2)
+        t0 = time.monotonic()
+        wait_until("the restored copy gone", lambda: len(_copies(token)) == 1, 10)
+        assert time.monotonic() - t0 < 3
+    finally:
+        move.wait(timeout=60)
+    wait_until("counting at home", lambda: job.node() == 0x640B, 20)
+    job.drain_ints()
+    job.counts(5)
+    assert len(_copies(token)) == 1

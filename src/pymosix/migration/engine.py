@@ -275,6 +275,8 @@ class MigrationEngine:
         return await home_again(self, job)
 
     def add_hosted(self, job: HostedJob) -> None:
+        if job.holder is not None:
+            job.holder.moving(False)  # restored and committed: a next agent may take it back
         self.hosted[(job.meta.home_node, job.meta.home_pid)] = job
         self.records.record(job.pid, job.meta.home_node, job.meta.home_pid, record_extra(job))
         job.start()

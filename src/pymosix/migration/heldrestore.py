@@ -102,6 +102,8 @@ async def restore_held(
             "home_pid": home_pid,
             "keep_s": holder.KEEP_S,
             "alone_s": GUEST_ALONE_S if home_pid is None else 0.0,
+            # Not committed yet: an agent that dies now leaves it to no one (engine.add_hosted).
+            "moving": True,
         },
     }
     launcher = [sys.executable, "-I", "-S", "-c", SOURCE, json.dumps(spec)]

@@ -73,7 +73,8 @@ def hold(job, spec):
     os.setsid()  # out of the agent's session: a terminal's signals to it are not ours
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
-    status, conn, buf, released, alone, moving = None, None, b"", False, time.monotonic(), False
+    status, conn, buf, released, alone = None, None, b"", False, time.monotonic()
+    moving = h.get("moving", False)  # a restored copy is, until its agent says it is committed
     guest = h["home_pid"] is None  # its mosrun is on another node: no PID to watch here
     keep = h["alone_s"] if guest else h["keep_s"]
     def tell(msg):
@@ -107,6 +108,8 @@ def hold(job, spec):
             if not data:
                 conn.close()
                 conn, buf, alone = None, b"", time.monotonic()
+                if moving and status is None:
+                    os.kill(job, signal.SIGKILL)  # its agent died moving it: nobody may run it
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
