@@ -144,12 +144,14 @@ async def _move(job: HostedJob, ch: Channel, target: int, t_begin: float) -> Mov
     assert m is not None
     job._paused_ack.clear()
     job._in_paused = True
-    await job.link.send(Frame.PAUSE, {"move": job.move_id})
     try:
+        await job.link.send(Frame.PAUSE, {"move": job.move_id})
         await asyncio.wait_for(job._paused_ack.wait(), 10)
-    except TimeoutError:
+    except (TimeoutError, EOFError) as e:
         job._in_paused = False
         job._in_ready.set()
+        if isinstance(e, EOFError):  # its mosrun went (the job is being killed) or home did
+            raise MigrationError("the link to the job's home is closed") from None
         raise MigrationError("home did not pause stdin in time") from None
     m.step(E.READY, time.monotonic())
     leftover = b""
