@@ -284,6 +284,10 @@ class HomeJob:
                     with contextlib.suppress(EOFError):
                         await link.send(Frame.VERDICT, {"move": move, "committed": committed})
                 continue
+            if link is not self.link:
+                # Read from the node the job left, after the move committed (the read was under
+                # way): its frozen original's frames, an EXIT of it killed, are not the job's.
+                continue
             if kind in (Frame.CKPT_MARK, Frame.CKPT_FILE, Frame.CKPT_DONE):
                 self.checkpoints.feed(kind, p, self.keeper, self.out.sent)
                 if self.checkpoints.held is not None:
