@@ -1,5 +1,5 @@
 """Owner returns on a 4-node bed on this 2-CPU machine, beside the simulator's same scenario
-(sim.scenarios.owner_returns(nodes=4)): four nodes of half a CPU each (CFS quotas, speed set to
+(sim.scenarios.owner_returns(nodes=4, speed=5000)): four nodes of half a CPU each (CFS quotas, speed set to
 5000), one job per node started with mosrun at node1, and at a third of a job's length the owners
 of nodes 3 and 4 run `--owner-tasks` CPU-bound processes there to the end. pymosix only (the
 2-node bench.owner_returns has the GNU parallel and no-balancing columns).
@@ -9,7 +9,8 @@ and the time from the owners' load to the last guest leaving nodes 3 and 4.
 
 Evidence kept with the numbers: the load average at the start and the end, the agents' logs
 (bench/results/logs/owner_returns_4/), where each job is every 0.2 s
-(owner_returns_4_timeline.csv: the node of each job by its home PID) and the moves' times.
+(owner_returns_4_timeline.csv: the node of each job by its home PID and the CPU seconds it has
+used, whose slope is the share of a CPU it gets) and the moves' times.
 
 Usage: python -m bench.owner_returns4 [--unit-s 20] [--owner-tasks 4].
 Writes bench/results/owner_returns_4.csv.
@@ -75,7 +76,13 @@ def main() -> None:
                 continue
             t = round(time.monotonic() - t0, 2)
             timeline.extend(
-                {"t_s": t, "job": j["home_pid"], "node": j["node"], "state": j["state"]}
+                {
+                    "t_s": t,
+                    "job": j["home_pid"],
+                    "node": j["node"],
+                    "state": j["state"],
+                    "cpu_s": j["cpu_s"],
+                }
                 for j in jobs
             )
 
@@ -131,7 +138,11 @@ def main() -> None:
         [OwnerLoad(i - 1, args.unit_s / 3, tasks=args.owner_tasks) for i in OWNED],
     )
     sim = scenarios.owner_returns(
-        nodes=NODES, work_s=args.unit_s, owner_at_s=args.unit_s / 3, owner_tasks=args.owner_tasks
+        nodes=NODES,
+        work_s=args.unit_s * RATIO,
+        owner_at_s=args.unit_s / 3,
+        owner_tasks=args.owner_tasks,
+        speed=speed,
     )
     rows: list[dict[str, Any]] = [
         {

@@ -103,6 +103,19 @@ class Sample:
 
 
 @dataclass(frozen=True, slots=True)
+class Move:
+    """One move carried out: its job frozen from started_at, running on the target at ended_at."""
+
+    job: int
+    source: int
+    target: int
+    #: When the balancing round that decided it ran (None: a leaving node's guest going home).
+    decided_at: float | None
+    started_at: float
+    ended_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     """Timing of the simulated agents and the network."""
 
@@ -179,6 +192,8 @@ class _Node:
     link_free_at: float = 0.0
     #: The round's decisions still to carry out, last first (the agent's `for d in decide(...)`).
     plan: list[MigrationDecision] = field(default_factory=list)
+    #: When the round whose plan it is ran.
+    decided_at: float = 0.0
     #: The job being moved out (frozen, on no node's run queue) and its target, or None.
     moving: tuple[_Job, int] | None = None
     refusals: Refusals = field(default_factory=Refusals)
@@ -228,6 +243,8 @@ class SimResult:
     #: Offers that could not reach their target (partition, node gone).
     lost_offers: int = 0
     series: tuple[Sample, ...] = ()
+    #: Every move, in the order they started.
+    moves: tuple[Move, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -313,6 +330,7 @@ class Simulation:
         self.lost_offers = 0
         self.load_sent = self.load_received = self.offers = 0
         self.series: list[Sample] = []
+        self.moves: list[Move] = []
         self._node_seconds = 0.0
         self._in_flight = 0
         self._recounted = 0.0
@@ -426,6 +444,7 @@ class Simulation:
             hellos_per_node_s=(m.hellos_sent + m.hellos_received) / node_s,
             lost_offers=self.lost_offers,
             series=tuple(self.series),
+            moves=tuple(self.moves),
         )
 
     # --- processor sharing ------------------------------------------------------------------
@@ -520,6 +539,7 @@ class Simulation:
         if self.cfg.balance:
             node.plan = self._decide(node, self._mine(node).view)
             node.plan.reverse()
+            node.decided_at = self.now
         self._next_move(node)
 
     def _next_move(self, node: _Node) -> None:
@@ -651,6 +671,7 @@ class Simulation:
         target.incoming += 1
         target.incoming_rss += job.rss
         node.link_free_at = now + took
+        self.moves.append(Move(job.jid, node.idx, target.idx, node.decided_at, now, now + took))
         self._push(now + took, self._LAND, job.jid, target.idx)
         self._push(now + took, self._MOVED, node.idx, node.epoch)
         self._in_flight += 1
@@ -682,7 +703,9 @@ class Simulation:
         target = self.nodes[job.home]
         target.incoming += 1
         target.incoming_rss += job.rss
-        node.link_free_at = max(self.now, node.link_free_at) + self.move_time(node, job)
+        start = max(self.now, node.link_free_at)
+        node.link_free_at = start + self.move_time(node, job)
+        self.moves.append(Move(job.jid, node.idx, target.idx, None, start, node.link_free_at))
         self._push(node.link_free_at, self._LAND, job.jid, target.idx)
         self._in_flight += 1
         self.migrations += 1
