@@ -99,3 +99,10 @@ def test_a_target_counts_a_job_once_it_runs_unless_told_otherwise() -> None:
         target = sim.nodes[1]
         target.incoming = 1
         assert sim._view(target).load == (1.0 if count else 0.0)
+
+
+def test_the_simulator_forgets_recent_moves_when_the_agent_does() -> None:
+    from pymosix import balancer
+    from pymosix.sim import engine
+
+    assert engine.RECENT_MOVE_S == balancer.RECENT_MOVE_S

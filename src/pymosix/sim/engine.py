@@ -21,7 +21,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pymosix.balancer import RECENT_MOVE_S
 from pymosix.ids import NodeId
 from pymosix.load.metric import REFERENCE_SPEED, LoadEstimate, adjust, normalise, smooth
 from pymosix.policy import (
@@ -38,6 +37,9 @@ from pymosix.refusals import Refusals
 from pymosix.sim.membership import Membership
 
 _DONE_EPS = 1e-9
+#: pymosix.balancer.RECENT_MOVE_S (not imported: the balancer pulls in asyncio and the engine;
+#: tests/unit/test_sim_serial.py checks they agree).
+RECENT_MOVE_S = 3.0
 _MEASURED_AT = operator.attrgetter("measured_at")
 _LOAD = operator.attrgetter("view.load")
 
