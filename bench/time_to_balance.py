@@ -141,7 +141,7 @@ def main() -> None:
     name = "time_to_balance" if args.nodes == 2 else f"time_to_balance_{args.nodes}"
     try:
         for i in range(args.runs):
-            load1 = os.getloadavg()[0]
+            load1 = round(os.getloadavg()[0], 1)
             from_mosrun, from_jobs = one_run(bed, args.timeout_s, timeline, i)
             jobs = [JobSpec(0, 1e6, rss_bytes=5 * 2**20) for _ in range(2 * args.nodes)]
             sim = (
