@@ -10,7 +10,9 @@ and the time from the owners' load to the last guest leaving nodes 3 and 4.
 Evidence kept with the numbers: the load average at the start and the end, the agents' logs
 (bench/results/logs/owner_returns_4/), where each job is every 0.2 s
 (owner_returns_4_timeline.csv: the node of each job by its home PID and the CPU seconds it has
-used, whose slope is the share of a CPU it gets) and the moves' times.
+used, whose slope is the share of a CPU it gets), what the owners' nodes know of every node's
+load until their guests have left (owner_returns_4_views.csv: viewer, node, load, age of the
+entry) and the moves' times.
 
 Usage: python -m bench.owner_returns4 [--unit-s 20] [--owner-tasks 4].
 Writes bench/results/owner_returns_4.csv.
@@ -65,6 +67,7 @@ def main() -> None:
     left: dict[str, float] = {}
     stop = threading.Event()
     timeline: list[dict[str, Any]] = []
+    views: list[dict[str, Any]] = []
     t0 = time.monotonic()
 
     def watch() -> None:
@@ -75,6 +78,26 @@ def main() -> None:
                 print(f"timeline: {e}")
                 continue
             t = round(time.monotonic() - t0, 2)
+            # What the owners' nodes know while their guests are still there: their own load
+            # and their entries of the others (what their balancer decides on).
+            if "s" not in left:
+                for i in OWNED:
+                    try:
+                        loads = bed.call(i, "loads")["nodes"]
+                    except Exception as e:
+                        print(f"views: {e}")
+                        continue
+                    views.extend(
+                        {
+                            "t_s": t,
+                            "viewer": i,
+                            "node": r["node_id"] - bed.node(1).node_id + 1,
+                            "load": r.get("load"),
+                            "age_ms": r.get("age_ms"),
+                            "jobs": (r.get("local_jobs") or 0) + (r.get("guest_jobs") or 0),
+                        }
+                        for r in loads
+                    )
             timeline.extend(
                 {
                     "t_s": t,
@@ -130,6 +153,8 @@ def main() -> None:
     print(f"load average {load_start:.1f} at the start, {load_end:.1f} at the end")
     if timeline:
         print(f"timeline: {write_csv('owner_returns_4_timeline', timeline)}")
+    if views:
+        print(f"views: {write_csv('owner_returns_4_views', views)}")
     # A job takes unit_s on a half-CPU node: unit_s * RATIO seconds of work at the reference speed.
     speed = round(10000 * RATIO)
     bound = lower_bound(
