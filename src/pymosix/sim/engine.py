@@ -3,13 +3,13 @@
 Virtual seconds on a heap of events; one seeded random.Random. Nodes share their CPUs among their
 jobs (processor sharing), sample and smooth their load with pymosix.load.metric, send their load
 vector to a few random peers each interval (openMosix's exchange), and call pymosix.policy.decide
-every half interval, as the agent's balancer does. A node carries out a round's decisions one after
-the other, as the agent's balancer does (offer, freeze, image, restore; then the next): a moving
-job does not run, for `freeze_cost_s` (at the reference speed; optionally stretched by the node's
-other runnable tasks, `agent_weight`) plus its image at `bandwidth_bytes_per_s`. Membership comes from hellos (sim/membership.py, the scheme of
-pymosix.discovery): a node gossips only to nodes in its map, and keeps load entries only of those.
-Scenarios can add load pymosix does not manage (an owner's processes), nodes that join and leave,
-and a partition that heals.
+every half interval, as the agent's balancer does. A node carries out a round's decisions one
+after the other, as the agent's balancer does (offer, freeze, image, restore; then the next): a
+moving job does not run, for `freeze_cost_s` (at the reference speed; optionally stretched by the
+node's other runnable tasks, `agent_weight`) plus its image at `bandwidth_bytes_per_s`.
+Membership comes from hellos (sim/membership.py, the scheme of pymosix.discovery): a node gossips
+only to nodes in its map, and keeps load entries only of those. Scenarios can add load pymosix
+does not manage (an owner's processes), nodes that join and leave, and a partition that heals.
 """
 
 from __future__ import annotations
@@ -660,8 +660,7 @@ class Simulation:
             return False
         fresh = self._view(target)
         if not accept_offer(fresh, NodeId(job.home + 1), d.target_load):
-            # The refusal carries the target's load: the source's entry is fresh again.
-            node.table[target.idx] = _Entry(fresh, now)
+            # The refusal carries only its reason (engine: Frame.FAILED), no load.
             node.refusals.record(job.jid, d.target, "offer made on stale load information", now)
             self.refusals += 1
             return False
