@@ -1,11 +1,18 @@
 """Owner returns on a 4-node bed on this 2-CPU machine, beside the simulator's same scenario
-(sim.scenarios.owner_returns(nodes=4)): four nodes of half a CPU each (CFS quotas, speed set to
+(sim.scenarios.owner_returns(nodes=4, speed=5000)): four nodes of half a CPU each (CFS quotas, speed set to
 5000), one job per node started with mosrun at node1, and at a third of a job's length the owners
 of nodes 3 and 4 run `--owner-tasks` CPU-bound processes there to the end. pymosix only (the
 2-node bench.owner_returns has the GNU parallel and no-balancing columns).
 
 Reported: the makespan over the lower bound that gives each owner their node while they use it,
 and the time from the owners' load to the last guest leaving nodes 3 and 4.
+
+Evidence kept with the numbers: the load average at the start and the end, the agents' logs
+(bench/results/logs/owner_returns_4/), where each job is every 0.2 s
+(owner_returns_4_timeline.csv: the node of each job by its home PID and the CPU seconds it has
+used, whose slope is the share of a CPU it gets), what the owners' nodes know of every node's
+load until their guests have left (owner_returns_4_views.csv: viewer, node, load, age of the
+entry) and the moves' times.
 
 Usage: python -m bench.owner_returns4 [--unit-s 20] [--owner-tasks 4].
 Writes bench/results/owner_returns_4.csv.
@@ -14,6 +21,8 @@ Writes bench/results/owner_returns_4.csv.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import subprocess
 import threading
 import time
@@ -21,6 +30,7 @@ from typing import Any
 
 from bench._common import print_table, write_csv
 from bench.balance import calibrate, run_mosrun
+from bench.time_to_balance import keep_logs, move_times
 from pymosix.sim import scenarios
 from pymosix.sim.engine import JobSpec, NodeSpec, OwnerLoad, lower_bound
 from pymosix.testbed import TestBed
@@ -56,6 +66,48 @@ def main() -> None:
     hogs: list[subprocess.Popen[bytes]] = []
     left: dict[str, float] = {}
     stop = threading.Event()
+    timeline: list[dict[str, Any]] = []
+    views: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            try:
+                jobs = bed.call(1, "jobs")["jobs"]
+            except Exception as e:  # a busy agent: a gap in the timeline, not a failed bench
+                print(f"timeline: {e}")
+                continue
+            t = round(time.monotonic() - t0, 2)
+            # What the owners' nodes know while their guests are still there: their own load
+            # and their entries of the others (what their balancer decides on).
+            if "s" not in left:
+                for i in OWNED:
+                    try:
+                        loads = bed.call(i, "loads")["nodes"]
+                    except Exception as e:
+                        print(f"views: {e}")
+                        continue
+                    views.extend(
+                        {
+                            "t_s": t,
+                            "viewer": i,
+                            "node": r["node_id"] - bed.node(1).node_id + 1,
+                            "load": r.get("load"),
+                            "age_ms": r.get("age_ms"),
+                            "jobs": (r.get("local_jobs") or 0) + (r.get("guest_jobs") or 0),
+                        }
+                        for r in loads
+                    )
+            timeline.extend(
+                {
+                    "t_s": t,
+                    "job": j["home_pid"],
+                    "node": j["node"],
+                    "state": j["state"],
+                    "cpu_s": j["cpu_s"],
+                }
+                for j in jobs
+            )
 
     def owners() -> None:
         if stop.wait(args.unit_s / 3):
@@ -73,17 +125,36 @@ def main() -> None:
     try:
         # The fastest of three: other load on a shared machine only ever slows a calibration.
         per_s = max(calibrate(bed, 1.0) for _ in range(3))
+        load_start = os.getloadavg()[0]
         watcher = threading.Thread(target=owners, daemon=True)
         watcher.start()
+        t0 = time.monotonic()
+        timer = threading.Thread(target=watch, daemon=True)
+        timer.start()
         makespan = run_mosrun(bed, [(0.0, int(args.unit_s * per_s))] * NODES)
+        load_end = os.getloadavg()[0]
         stop.set()
         watcher.join()
+        timer.join()
     finally:
         stop.set()
         for h in hogs:
             h.kill()
             h.wait()
+        logs = keep_logs(bed, "owner_returns_4")
         bed.down()
+    moves = move_times(logs)
+    if moves:
+        total, frozen = zip(*moves, strict=True)
+        print(
+            f"{len(moves)} moves: offer to running median {statistics.median(total):.3f} s, "
+            f"frozen median {statistics.median(frozen):.3f} s; logs in {logs}"
+        )
+    print(f"load average {load_start:.1f} at the start, {load_end:.1f} at the end")
+    if timeline:
+        print(f"timeline: {write_csv('owner_returns_4_timeline', timeline)}")
+    if views:
+        print(f"views: {write_csv('owner_returns_4_views', views)}")
     # A job takes unit_s on a half-CPU node: unit_s * RATIO seconds of work at the reference speed.
     speed = round(10000 * RATIO)
     bound = lower_bound(
@@ -92,7 +163,11 @@ def main() -> None:
         [OwnerLoad(i - 1, args.unit_s / 3, tasks=args.owner_tasks) for i in OWNED],
     )
     sim = scenarios.owner_returns(
-        nodes=NODES, work_s=args.unit_s, owner_at_s=args.unit_s / 3, owner_tasks=args.owner_tasks
+        nodes=NODES,
+        work_s=args.unit_s * RATIO,
+        owner_at_s=args.unit_s / 3,
+        owner_tasks=args.owner_tasks,
+        speed=speed,
     )
     rows: list[dict[str, Any]] = [
         {
@@ -101,6 +176,7 @@ def main() -> None:
             "bound_s": bound,
             "ratio": makespan / bound,
             "guests_left_s": left.get("s", float("nan")),
+            "load_avg": f"{load_start:.1f} to {load_end:.1f}",
         },
         {
             "what": "simulator",
@@ -108,6 +184,7 @@ def main() -> None:
             "bound_s": sim.makespan_s / sim.ratio,
             "ratio": sim.ratio,
             "guests_left_s": float("nan") if sim.guests_left_s is None else sim.guests_left_s,
+            "load_avg": "",
         },
     ]
     print_table(rows)

@@ -2,8 +2,8 @@
 hotspot scenario (2 % of the nodes start one job per node between them) at 10 to 10,000 nodes,
 run until every node has its job (time to balance; busy_99_s: 99 % of the nodes have one), with
 the bounded hello scheme (pymosix.discovery) and, up to `--fixed-max` nodes, the old fixed one
-(every node every 0.5 s). Wall and CPU seconds are this process's. Usage: python -m bench.sim_scale [--sizes 10,100,1000,10000] [--fixed-max 1000].
-Writes bench/results/sim_scale.{csv,png}.
+(every node every 0.5 s). Wall and CPU seconds are this process's. Usage: python -m bench.sim_scale [--sizes 10,100,1000,10000] [--fixed-max 1000] [--name N].
+Writes bench/results/sim_scale.{csv,png} (or N.{csv,png}).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,100,1000,10000")
     ap.add_argument("--fixed-max", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="sim_scale", help="results file name (csv, png)")
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for n in (int(x) for x in args.sizes.split(",")):
@@ -52,7 +53,7 @@ def main() -> None:
             )
             print_table(rows[-1:])
     print_table(rows)
-    print(f"csv: {write_csv('sim_scale', rows)}")
+    print(f"csv: {write_csv(args.name, rows)}")
     series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
     for scheme in ("bounded", "fixed"):
         sel = [r for r in rows if r["hellos"] == scheme]
@@ -66,7 +67,7 @@ def main() -> None:
         [r["time_to_balance_s"] for r in sel],
     )
     png = plot(
-        "sim_scale",
+        args.name,
         "Hotspot: time to balance and per-node messages against N",
         "nodes",
         "seconds / messages per node per second",

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         files["png"] = str(plot_series(args.png, title, result))
     if args.json:
         out = dataclasses.asdict(result) | {"ratio": result.ratio, "wall_s": round(wall, 3)}
-        del out["series"]
+        del out["series"], out["moves"]
         print(json.dumps({"scenario": args.scenario, "seed": args.seed} | out | files))
         return 0
     print("\n".join(summary(args.scenario, args.seed, result, wall)))

@@ -3,12 +3,13 @@
 Virtual seconds on a heap of events; one seeded random.Random. Nodes share their CPUs among their
 jobs (processor sharing), sample and smooth their load with pymosix.load.metric, send their load
 vector to a few random peers each interval (openMosix's exchange), and call pymosix.policy.decide
-every half interval, as the agent's balancer does. A migrating job does not run: the freeze costs
-`freeze_cost_s`, and its image crosses the source's link (one image at a time) at
-`bandwidth_bytes_per_s`. Membership comes from hellos (sim/membership.py, the scheme of
-pymosix.discovery): a node gossips only to nodes in its map, and keeps load entries only of those.
-Scenarios can add load pymosix does not manage (an owner's processes), nodes that join and leave,
-and a partition that heals.
+every half interval, as the agent's balancer does. A node carries out a round's decisions one
+after the other, as the agent's balancer does (offer, freeze, image, restore; then the next): a
+moving job does not run, for `freeze_cost_s` (at the reference speed; optionally stretched by the
+node's other runnable tasks, `agent_weight`) plus its image at `bandwidth_bytes_per_s`.
+Membership comes from hellos (sim/membership.py, the scheme of pymosix.discovery): a node gossips
+only to nodes in its map, and keeps load entries only of those. Scenarios can add load pymosix
+does not manage (an owner's processes), nodes that join and leave, and a partition that heals.
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ from pymosix.load.metric import REFERENCE_SPEED, LoadEstimate, adjust, normalise
 from pymosix.policy import (
     ClusterSnapshot,
     JobView,
+    MigrationDecision,
     NodeView,
     PolicyConfig,
     RecentMove,
     accept_offer,
     decide,
 )
+from pymosix.refusals import Refusals
 from pymosix.sim.membership import Membership
 
 _DONE_EPS = 1e-9
+#: pymosix.balancer.RECENT_MOVE_S (not imported: the balancer pulls in asyncio and the engine;
+#: tests/unit/test_sim_serial.py checks they agree).
+RECENT_MOVE_S = 3.0
 _MEASURED_AT = operator.attrgetter("measured_at")
 _LOAD = operator.attrgetter("view.load")
 
@@ -99,6 +105,19 @@ class Sample:
 
 
 @dataclass(frozen=True, slots=True)
+class Move:
+    """One move carried out: its job frozen from started_at, running on the target at ended_at."""
+
+    job: int
+    source: int
+    target: int
+    #: When the balancing round that decided it ran (None: a leaving node's guest going home).
+    decided_at: float | None
+    started_at: float
+    ended_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     """Timing of the simulated agents and the network."""
 
@@ -113,7 +132,22 @@ class SimConfig:
     #: Entries from the vector relayed along with a node's own load.
     relay: int = 4
     bandwidth_bytes_per_s: float = 50e6
+    #: How long one move freezes its job on a reference-speed node, besides its image on the link:
+    #: the agent's offer, CRIU's dump and restore, the commit; longer in proportion on a slower
+    #: node. The policy's own estimate (PolicyConfig.freeze_cost_s), within what was measured:
+    #: 0.12 s for a small job on a quiet one-CPU node (bench/results/freeze_time.csv), 0.25 s
+    #: (0.5 s at half a CPU) on the busy 4-node bed (docs/simulator.md).
     freeze_cost_s: float = 0.3
+    #: If set, the move also shares the source's CPU with its k other runnable tasks at the
+    #: agent's CFS weight over a job's (nice -5: 3121 / 1024): freeze_cost_s is then the move on an
+    #: idle node, stretched by (1 + k / agent_weight) on a one-CPU node. The 4-node bed's 30 moves
+    #: fit freeze_cost_s 0.09 s and agent_weight 2.15 (docs/simulator.md).
+    agent_weight: float | None = None
+    #: Whether a target counts a job it accepted in its load from the offer on, as
+    #: pymosix.policy.accept_offer's docstring intends ("counting jobs already on their way
+    #: here"). The agent does not: a job is in its target's load only once restored
+    #: (engine.add_hosted -> job_moved), so two sources can both send to one idle node.
+    count_incoming: bool = False
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     balance: bool = True
     #: How often imbalance is sampled (and time to balance resolved).
@@ -154,9 +188,17 @@ class _Node:
     est: LoadEstimate = field(default_factory=lambda: LoadEstimate(0.0, 0.0))
     last_update: float = 0.0
     version: int = 0
+    #: Jobs accepted and on their way here, and their memory.
     incoming: int = 0
     incoming_rss: int = 0
     link_free_at: float = 0.0
+    #: The round's decisions still to carry out, last first (the agent's `for d in decide(...)`).
+    plan: list[MigrationDecision] = field(default_factory=list)
+    #: When the round whose plan it is ran.
+    decided_at: float = 0.0
+    #: The job being moved out (frozen, on no node's run queue) and its target, or None.
+    moving: tuple[_Job, int] | None = None
+    refusals: Refusals = field(default_factory=Refusals)
     table: dict[int, _Entry] = field(default_factory=dict)
     recent: list[RecentMove] = field(default_factory=list)
     #: Runnable processes pymosix does not manage (an owner's).
@@ -203,6 +245,8 @@ class SimResult:
     #: Offers that could not reach their target (partition, node gone).
     lost_offers: int = 0
     series: tuple[Sample, ...] = ()
+    #: Every move, in the order they started.
+    moves: tuple[Move, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -288,6 +332,7 @@ class Simulation:
         self.lost_offers = 0
         self.load_sent = self.load_received = self.offers = 0
         self.series: list[Sample] = []
+        self.moves: list[Move] = []
         self._node_seconds = 0.0
         self._in_flight = 0
         self._recounted = 0.0
@@ -309,8 +354,8 @@ class Simulation:
 
     # Event kinds, with (a, b) meaning: arrive (job, -), tick (node, epoch), land (job, node),
     # done (node, version), sample (-, -), round (node, epoch), hello (node, epoch),
-    # timeline (index, -).
-    _ARRIVE, _TICK, _LAND, _DONE, _SAMPLE, _ROUND, _HELLO, _TIMELINE = range(8)
+    # timeline (index, -), moved (node, epoch: the source's move ended).
+    _ARRIVE, _TICK, _LAND, _DONE, _SAMPLE, _ROUND, _HELLO, _TIMELINE, _MOVED = range(9)
 
     def _at(self, t: float, action: Callable[[], None]) -> None:
         self._timeline.append((t, action))
@@ -355,6 +400,9 @@ class Simulation:
                 node = self.nodes[job.home]
                 node.est = adjust(node.est, 1.0)
                 self._enter(node, job)
+            elif kind == self._MOVED:
+                if self.nodes[a].epoch == b:
+                    self._moved(self.nodes[a])
             elif kind == self._LAND:
                 node = self.nodes[b]
                 node.incoming -= 1
@@ -398,6 +446,7 @@ class Simulation:
             hellos_per_node_s=(m.hellos_sent + m.hellos_received) / node_s,
             lost_offers=self.lost_offers,
             series=tuple(self.series),
+            moves=tuple(self.moves),
         )
 
     # --- processor sharing ------------------------------------------------------------------
@@ -453,9 +502,11 @@ class Simulation:
     def _view(self, node: _Node) -> NodeView:
         s = node.spec
         used = sum(j.rss for j in node.jobs) + node.incoming_rss
+        # The agent counts a job here once it runs (see SimConfig.count_incoming).
+        runnable = node.est.runnable + (node.incoming if self.cfg.count_incoming else 0)
         return NodeView(
             node_id=NodeId(node.idx + 1),
-            load=normalise(node.est.runnable + node.incoming, s.ncpus, s.speed),
+            load=normalise(runnable, s.ncpus, s.speed),
             speed=s.speed,
             ncpus=s.ncpus,
             mem_total=s.mem_total,
@@ -488,8 +539,17 @@ class Simulation:
             node.rounds = False
             return
         if self.cfg.balance:
-            self._balance(node, self._mine(node).view)
-            self._reschedule(node)
+            node.plan = self._decide(node, self._mine(node).view)
+            node.plan.reverse()
+            node.decided_at = self.now
+        self._next_move(node)
+
+    def _next_move(self, node: _Node) -> None:
+        """Carry out the round's next decision; after the last, the next round is a period on
+        (the agent's loop: `await round()`, then sleep)."""
+        while node.plan:
+            if self._start_move(node, node.plan.pop()):
+                return
         self._push(self.now + self.cfg.balance_s, self._ROUND, node.idx, node.epoch)
 
     def _arm_rounds(self, node: _Node) -> None:
@@ -542,10 +602,10 @@ class Simulation:
                 return self.nodes[peer]
         return None
 
-    def _balance(self, node: _Node, me: NodeView) -> None:
-        cfg, now = self.cfg, self.now
-        pol = cfg.policy
-        node.recent = [m for m in node.recent if now - m.at <= pol.max_info_age_s]
+    def _decide(self, node: _Node, me: NodeView) -> list[MigrationDecision]:
+        """The agent's Balancer.snapshot and decide, on what this node has heard."""
+        now = self.now
+        node.recent = [m for m in node.recent if now - m.at < RECENT_MOVE_S]
         peers = {}
         for e in node.table.values():
             v = e.view
@@ -556,6 +616,7 @@ class Simulation:
                 age_s=now - e.measured_at,
             )  # fmt: skip
         share = min(1.0, node.spec.ncpus / (len(node.jobs) + node.foreign))
+        refusals = node.refusals
         jobs = tuple(
             JobView(
                 j.jid,
@@ -566,42 +627,86 @@ class Simulation:
                 j.rss,
                 last_migrated_at=j.last_migrated_at,
                 migrations=j.migrations,
+                refused_targets=frozenset(NodeId(t) for t in refusals.refused_targets(j.jid, now)),
+                stuck=refusals.stuck(j.jid, now),
             )
             for j in node.jobs
         )
-        snap = ClusterSnapshot(me.node_id, now, jobs, peers, me, pol, tuple(node.recent))
-        decisions = decide(snap)
-        if not decisions:
-            return
-        by_id = {j.jid: j for j in node.jobs}
-        for d in decisions:
-            target = self.nodes[d.target - 1]
-            self.offers += 1
-            if not self.members.reachable(node.idx, target.idx):
-                self.lost_offers += 1
-                continue
-            fresh = self._view(target)
-            if not accept_offer(fresh, NodeId(by_id[d.home_pid].home + 1), d.target_load):
-                # The refusal carries the target's load: the source's entry is fresh again.
-                node.table[target.idx] = _Entry(fresh, now)
-                self.refusals += 1
-                continue
-            job = by_id.pop(d.home_pid)
-            self._send(node, job, target)
-            node.recent.append(RecentMove(d.target, now, 1.0, job.rss))
-        node.jobs = [j for j in node.jobs if j.jid in by_id]
-        self._check_guests(node)
+        pol = self.cfg.policy
+        return decide(ClusterSnapshot(me.node_id, now, jobs, peers, me, pol, tuple(node.recent)))
 
-    def _send(self, node: _Node, job: _Job, target: _Node) -> None:
-        """Migrate a job (already taken off node.jobs by the caller) to target."""
-        cfg = self.cfg
-        # A CPU-bound job is one runnable task, whatever share of the CPU it was getting.
-        node.est = adjust(node.est, -1.0)
+    def move_time(self, node: _Node, job: _Job) -> float:
+        """How long moving `job` out of `node` freezes it (the job already off node.jobs): the
+        move's own time on this node's CPU, then the image on the link."""
+        cfg, s = self.cfg, node.spec
+        cpu = s.speed / REFERENCE_SPEED
+        if cfg.agent_weight is not None:
+            w = cfg.agent_weight
+            cpu *= min(1.0, s.ncpus * w / (w + len(node.jobs) + node.foreign))
+        return cfg.freeze_cost_s / cpu + job.rss / cfg.bandwidth_bytes_per_s
+
+    def _start_move(self, node: _Node, d: MigrationDecision) -> bool:
+        """Offer the decision's job to its target; if it accepts, freeze the job and start the
+        move. False if there is nothing to wait for (job gone, offer lost or refused)."""
+        now = self.now
+        job = next((j for j in node.jobs if j.jid == d.home_pid), None)
+        if job is None:
+            return False  # it ended since the round decided
+        target = self.nodes[d.target - 1]
+        self.offers += 1
+        if not self.members.reachable(node.idx, target.idx) or not target.alive:
+            self.lost_offers += 1
+            node.refusals.record(job.jid, d.target, "cannot reach", now)
+            return False
+        fresh = self._view(target)
+        if not accept_offer(fresh, NodeId(job.home + 1), d.target_load):
+            # The refusal carries only its reason (engine: Frame.FAILED), no load.
+            node.refusals.record(job.jid, d.target, "offer made on stale load information", now)
+            self.refusals += 1
+            return False
+        self._advance(node)
+        node.jobs.remove(job)
+        took = self.move_time(node, job)
+        self._reschedule(node)
+        node.moving = (job, target.idx)
         target.incoming += 1
         target.incoming_rss += job.rss
-        # The freeze runs at once; the image then waits for the source's link.
-        start = max(self.now + cfg.freeze_cost_s, node.link_free_at)
-        node.link_free_at = start + job.rss / cfg.bandwidth_bytes_per_s
+        node.link_free_at = now + took
+        self.moves.append(Move(job.jid, node.idx, target.idx, node.decided_at, now, now + took))
+        self._push(now + took, self._LAND, job.jid, target.idx)
+        self._push(now + took, self._MOVED, node.idx, node.epoch)
+        self._in_flight += 1
+        self.migrations += 1
+        return True
+
+    def _moved(self, node: _Node) -> None:
+        """The source's side of a move that ended (the job runs on the target: _LAND came first)."""
+        assert node.moving is not None
+        job, t = node.moving
+        node.moving = None
+        # hosted_gone -> job_moved(-1); the engine shifts its entry of the target; the balancer
+        # notes the move for the policy.
+        node.est = adjust(node.est, -1.0)
+        node.refusals.cleared(job.jid)
+        old = node.table.get(t)
+        if old is not None:
+            v = old.view
+            moved_view = NodeView(
+                v.node_id, v.load + 1.0, v.speed, v.ncpus, v.mem_total, v.mem_free
+            )
+            node.table[t] = _Entry(moved_view, old.measured_at)
+        node.recent.append(RecentMove(NodeId(t + 1), self.now, 1.0, job.rss))
+        self._check_guests(node)
+        self._next_move(node)
+
+    def _send_home(self, node: _Node, job: _Job) -> None:
+        """A leaving node's guest goes home, after the guests before it (one move at a time)."""
+        target = self.nodes[job.home]
+        target.incoming += 1
+        target.incoming_rss += job.rss
+        start = max(self.now, node.link_free_at)
+        node.link_free_at = start + self.move_time(node, job)
+        self.moves.append(Move(job.jid, node.idx, target.idx, None, start, node.link_free_at))
         self._push(node.link_free_at, self._LAND, job.jid, target.idx)
         self._in_flight += 1
         self.migrations += 1
@@ -625,7 +730,8 @@ class Simulation:
         since = self._owner_since.get(node.idx)
         if since is None or self._guests_left.get(node.idx) is not None:
             return
-        if all(j.home == node.idx for j in node.jobs):
+        moving = node.moving is not None and node.moving[0].home != node.idx
+        if not moving and all(j.home == node.idx for j in node.jobs):
             self._guests_left[node.idx] = self.now - since
 
     def _up(self, node: _Node) -> None:
@@ -646,9 +752,11 @@ class Simulation:
         if any(j.home == node.idx for j in self.jobs if j.done_at is None):
             raise ValueError(f"node {node.idx} is the home of unfinished jobs and cannot leave")
         self._advance(node)
-        for job in node.jobs:
-            self._send(node, job, self.nodes[job.home])
-        node.jobs = []
+        guests, node.jobs = node.jobs, []
+        for job in guests:
+            self._send_home(node, job)
+        node.plan = []
+        node.moving = None
         self._reschedule(node)
         node.alive = False
         node.epoch += 1

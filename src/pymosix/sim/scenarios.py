@@ -104,11 +104,13 @@ def owner_returns(
     owner_tasks: int = 4,
     config: SimConfig | None = None,
     balance: bool = True,
+    speed: int = 10000,
 ) -> SimResult:
     """One job per node, all started at the first node; at owner_at_s the owners of the second
     half of the nodes come back and run owner_tasks CPU-bound processes each, to the end
-    (bench/owner_returns.py runs the same on the bed)."""
-    specs = [NodeSpec() for _ in range(nodes)]
+    (bench/owner_returns.py runs the same on the bed; bench/owner_returns4.py on half-CPU nodes,
+    speed 5000). work_s is in reference seconds (a job takes twice that at speed 5000)."""
+    specs = [NodeSpec(speed=speed) for _ in range(nodes)]
     jobs = [JobSpec(home=0, work=work_s, rss_bytes=5 * MB) for _ in range(nodes)]
     owners = [OwnerLoad(i, owner_at_s, tasks=owner_tasks) for i in range(nodes // 2, nodes)]
     return Simulation(
