@@ -200,6 +200,10 @@ class Balancer:
         snap = self.snapshot()
         if snap.me.block and job_home != self.agent.node_id:
             return f"node {self.agent.node_id} blocks guests (mosctl noblock)"
-        if believed_load is not None and not accept_offer(snap.me, NodeId(job_home), believed_load):
+        # Jobs this node is taking now count (several nodes may have seen it idle at once).
+        on_way = max(0, self.engine.incoming - 1)
+        if believed_load is not None and not accept_offer(
+            snap.me, NodeId(job_home), believed_load, on_way=on_way
+        ):
             return "offer made on stale load information"
         return None

@@ -214,16 +214,20 @@ def best_node(snap: ClusterSnapshot, job: JobView, *, placing: bool = False) -> 
     return best
 
 
-def accept_offer(me: NodeView, job_home: NodeId, believed_load: float, cpus: float = 1.0) -> bool:
+def accept_offer(
+    me: NodeView, job_home: NodeId, believed_load: float, cpus: float = 1.0, on_way: int = 0
+) -> bool:
     """The target's check of an incoming offer against its own fresh load.
 
     Refuses guests while blocked, and offers made on stale information: when this node's load
-    (counting jobs already on their way here) has risen by half a job or more since the source
-    heard it, several nodes saw it idle at once; the sources will pick again with fresher news.
+    (counting the `on_way` jobs already on their way here, beside this one) has risen by half a
+    job or more since the source heard it, several nodes saw it idle at once; the sources will
+    pick again with fresher news.
     """
     if me.block and job_home != me.node_id:
         return False
-    return me.load < believed_load + 0.5 * job_load(cpus, me.ncpus, me.speed)
+    load = me.load + on_way * job_load(1.0, me.ncpus, me.speed)
+    return load < believed_load + 0.5 * job_load(cpus, me.ncpus, me.speed)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -290,3 +290,10 @@ def test_policy_sim_and_metric_import_no_io() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_accept_offer_counts_the_jobs_on_their_way() -> None:
+    """Two sources saw this node idle at once: the second offer finds one job on its way."""
+    me = NodeView(NodeId(2), load=0.0)
+    assert accept_offer(me, NodeId(1), believed_load=0.0)
+    assert not accept_offer(me, NodeId(1), believed_load=0.0, on_way=1)

@@ -225,6 +225,11 @@ class MigrationEngine:
             log.info("stopping: job %d went to node %d", job.meta.home_pid, target)
             return
 
+    @property
+    def incoming(self) -> int:
+        """Moves into this node under way (the one being checked among them)."""
+        return self._incoming
+
     def job_counts(self) -> tuple[int, int]:
         me = self.agent.node_id
         local = sum(

@@ -143,10 +143,10 @@ class SimConfig:
     #: idle node, stretched by (1 + k / agent_weight) on a one-CPU node. The 4-node bed's 30 moves
     #: fit freeze_cost_s 0.09 s and agent_weight 2.15 (docs/simulator.md).
     agent_weight: float | None = None
-    #: Whether a target counts a job it accepted in its load from the offer on, as
-    #: pymosix.policy.accept_offer's docstring intends ("counting jobs already on their way
-    #: here"). The agent does not: a job is in its target's load only once restored
-    #: (engine.add_hosted -> job_moved), so two sources can both send to one idle node.
+    #: Whether a target counts a job it accepted in its load (the one it gossips, and the
+    #: balancer's own) from the offer on. The agent does not: a job is in its target's load only
+    #: once restored (engine.add_hosted -> job_moved); only its check of a further offer counts
+    #: the moves it is taking (Balancer.accept, policy.accept_offer's on_way), as here.
     count_incoming: bool = False
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     balance: bool = True
@@ -659,7 +659,8 @@ class Simulation:
             node.refusals.record(job.jid, d.target, "cannot reach", now)
             return False
         fresh = self._view(target)
-        if not accept_offer(fresh, NodeId(job.home + 1), d.target_load):
+        # The agent's check counts the moves it is taking already (Balancer.accept).
+        if not accept_offer(fresh, NodeId(job.home + 1), d.target_load, on_way=target.incoming):
             # The refusal carries only its reason (engine: Frame.FAILED), no load.
             node.refusals.record(job.jid, d.target, "offer made on stale load information", now)
             self.refusals += 1
