@@ -658,8 +658,11 @@ class HostedJob:
         except BaseException as e:
             if lazy is not None:
                 await lazy.stop()  # criu lets go of the job, which stays stopped
-            if m.state in (S.COMMITTED, S.LOST):
-                raise  # not ours any more: never resumed here (see _finish_transfer)
+            shutil.rmtree(images, ignore_errors=True)  # first: what follows may fail
+            if m.state in (S.COMMITTED, S.LOST) or self.state != "running":
+                # Not ours any more: never resumed here (see _finish_transfer). Or it ended
+                # mid-move (killed: finish() closed its pipes and cancelled this move).
+                raise
             # Rollback: the unread stdin goes back into the pipe, the job goes on here.
             if leftover and self.stdin_w is not None:
                 with contextlib.suppress(OSError):
@@ -674,7 +677,6 @@ class HostedJob:
             self._in_ready.set()
             with contextlib.suppress(EOFError):
                 await self.link.send(Frame.RESUME, {})
-            shutil.rmtree(images, ignore_errors=True)
             if m.can(E.FAILED):
                 m.step(E.FAILED, time.monotonic())
             if m.can(E.RESUMED):
