@@ -229,7 +229,16 @@ def one_move(
         for i in NODES:
             bed.exec(i, ["iptables", "-w", "-A", *LOSS_RULE], check=True)
     elif fault == "full target":
-        bed.exec(tgt, ["mount", "-o", "remount,size=1m", "/dev/shm"], check=True)
+        # tmpfs takes no size below what it holds: the last move's images may still be going.
+        deadline = time.monotonic() + 65
+        remount = ["mount", "-o", "remount,size=1m", "/dev/shm"]
+        while (r := bed.exec(tgt, remount)).returncode != 0:
+            if time.monotonic() > deadline:
+                held = bed.exec(tgt, ["sh", "-c", "du -a /dev/shm | sort -n | tail -5"]).stdout
+                print(f"cannot shrink node{tgt}'s /dev/shm: {r.stderr.strip()}; it holds:")
+                print(held, flush=True)
+                raise RuntimeError(f"node{tgt}'s /dev/shm stays full")
+            time.sleep(1)
     move = bed.popen(
         1,
         ["migrate", str(home_pid), f"0x{NODES[tgt]:x}"],
@@ -281,6 +290,7 @@ def main() -> None:
     proc = None
     left: dict[str, object] = {}
     checker = None
+    aborted = ""
     try:
         bed.wait_converged(30)
         base = snapshot(bed)
@@ -294,7 +304,12 @@ def main() -> None:
         assert checker.advances(), "the job did not start"
         for n in range(args.moves):
             fault = rng.choice(FAULTS)
-            ok, what = one_move(bed, rng, proc.pid, fault, base)
+            try:
+                ok, what = one_move(bed, rng, proc.pid, fault, base)
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                aborted = f"move {n + 1} ({fault}): {e}"
+                print("the soak stops:", aborted, flush=True)
+                break
             s = stats[fault]
             s.moves += 1
             s.ok += ok
@@ -361,6 +376,7 @@ def main() -> None:
         "lost": total.lost,
         "doubled": total.doubled,
         "checksum_errors": errors,
+        "aborted": aborted,
         **counts,
         "minutes": round((time.monotonic() - t_start) / 60, 1),
         "load_before": " ".join(f"{x:.2f}" for x in load_before),
