@@ -5,7 +5,7 @@ the two run side by side in the same test bed, per job size (64 MB and 1 GB by d
 Per size: two mosrun jobs at node1 (home), one with -C, one with -C 0, each holding MB of memory
 and counting in a tight loop (it prints its own clock and count four times a second); both are
 moved to node2 (a job at home is never checkpointed), then measured over the same window of
-`--checkpoints` intervals plus 30 s (a 1 GB image takes seconds to send). Work done = the
+`--checkpoints` periods (interval + checkpoint), until the last is home. Work done = the
 count's increase over the window (from each job's own clock); lost = 1 - with / without. The
 nodes may use both CPUs of the machine (--cpus-per-node 2): each job can have one, so a freeze
 of one is not time the other gains, and the agents' checkpoint work (criu, sending, writing
@@ -48,7 +48,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 SENT = re.compile(r"job (\d+): checkpoint \w+ sent home \(frozen ([\d.]+) s, ([\d.]+) s in all\)")
 
 
-@dataclass
+@dataclass(eq=False)
 class Counting:
     """A mosrun job's (job clock, count) lines, read in the background."""
 
@@ -94,9 +94,11 @@ def guest_pid(bed: TestBed, home_pid: int) -> int:
 
 
 @contextlib.contextmanager
-def pair(bed: TestBed, mb: int, interval: int) -> Iterator[tuple[Counting, Counting]]:
-    """The job with checkpoints and the one without, both started at node1, then on node2."""
+def pair(bed: TestBed, mb: int, interval: int) -> Iterator[tuple[Counting, Counting, float]]:
+    """The job with checkpoints and the one without, both started at node1, then on node2;
+    and when the first arrived there (its checkpoint timer starts then)."""
     jobs: list[Counting] = []
+    arrived = []
     try:
         for c in (str(interval), "0"):
             argv = ["mosrun", "-C", c, "python3", "-c", JOB.format(mb=mb)]
@@ -108,7 +110,8 @@ def pair(bed: TestBed, mb: int, interval: int) -> Iterator[tuple[Counting, Count
             r = bed.exec(1, ["migrate", str(j.proc.pid), "0x640c"], timeout_s=600)
             if r.returncode != 0:
                 raise RuntimeError(f"migrate: {r.stderr.strip()}")
-        yield jobs[0], jobs[1]
+            arrived.append(time.monotonic())
+        yield jobs[0], jobs[1], arrived[0]
     finally:
         for j in jobs:
             j.proc.kill()
@@ -117,28 +120,40 @@ def pair(bed: TestBed, mb: int, interval: int) -> Iterator[tuple[Counting, Count
                 j.proc.stdout.close()
 
 
+def sent_lines(log: Path, at: int, home_pid: int) -> list[re.Match[str]]:
+    """The "checkpoint sent home" lines of a job in an agent's log, from byte `at` on."""
+    with log.open("rb") as f:
+        f.seek(at)
+        text = f.read().decode(errors="replace")
+    return [m for m in SENT.finditer(text) if int(m[1]) == home_pid]
+
+
 def measure(bed: TestBed, mb: int, interval: int, checkpoints: int) -> dict[str, object]:
+    """The window: from 5 s after both arrived to the end of the last of `checkpoints`
+    checkpoints (each period is the interval plus the checkpoint: checkpoint.keep sleeps the
+    interval after each), so it holds that many whole periods, less 5 s."""
     log = bed.node(2).log
-    with pair(bed, mb, interval) as (ckpt, plain):
-        # The checkpoint timer started when the job arrived on node2 (just now).
-        arrived = time.monotonic()
-        log_at = log.stat().st_size
+    log_at = log.stat().st_size
+    with pair(bed, mb, interval) as (ckpt, plain, arrived):
         pids = {j: guest_pid(bed, j.proc.pid) for j in (ckpt, plain)}
         agents = [bed.node(i).agent_pid for i in (1, 2)]
-        t0 = arrived + 5
-        first = arrived + interval - 5  # before the first checkpoint
-        t1 = arrived + checkpoints * interval + 30
+        t0 = time.monotonic() + 5
+        first = arrived + interval - 2  # before the first checkpoint: the control
+        if first - t0 < 20:
+            raise RuntimeError("the second job took too long to arrive for a control interval")
         time.sleep(max(0.0, t0 - time.monotonic()))
         cpu0 = {j: cpu_s(p) for j, p in pids.items()}
         agents0 = [cpu_s(a, children=True) for a in agents]
-        time.sleep(max(0.0, t1 - time.monotonic()))
+        deadline = arrived + checkpoints * (interval + 120)
+        while len(sent_lines(log, log_at, ckpt.proc.pid)) < checkpoints:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {checkpoints} checkpoints of the {mb} MB job")
+            time.sleep(0.5)
+        t1 = time.monotonic()
         cpu1 = {j: cpu_s(p) for j, p in pids.items()}
         agents1 = [cpu_s(a, children=True) for a in agents]
         time.sleep(1.0)  # the lines up to t1 are in
-        with log.open("rb") as f:
-            f.seek(log_at)
-            text = f.read().decode(errors="replace")
-        sent = [m for m in SENT.finditer(text) if int(m[1]) == ckpt.proc.pid]
+        sent = sent_lines(log, log_at, ckpt.proc.pid)
         w_ckpt, w_plain = ckpt.work(t0, t1), plain.work(t0, t1)
         control = ckpt.work(t0, first) / plain.work(t0, first)
     freezes = [float(m[2]) for m in sent]
@@ -153,8 +168,8 @@ def measure(bed: TestBed, mb: int, interval: int, checkpoints: int) -> dict[str,
         "ratio_before_first": round(control, 4),
         "cpu_with_s": round(cpu1[ckpt] - cpu0[ckpt], 1),
         "cpu_without_s": round(cpu1[plain] - cpu0[plain], 1),
-        "freeze_mean_s": round(sum(freezes) / len(freezes), 3) if freezes else 0.0,
-        "send_mean_s": round(sum(float(m[3]) for m in sent) / len(sent), 2) if sent else 0.0,
+        "freeze_mean_s": round(sum(freezes) / len(freezes), 3),
+        "checkpoint_mean_s": round(sum(float(m[3]) for m in sent) / len(sent), 2),
         "home_agent_cpu_s": round(agents1[0] - agents0[0], 1),
         "host_agent_cpu_s": round(agents1[1] - agents0[1], 1),
     }
