@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -283,10 +284,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    token = f"pmx-soak-{args.seed}"
+    # Unique per run: another soak on the machine (another worktree) has its own job and bed.
+    run = secrets.token_hex(3)
+    token = f"pmx-soak-{args.seed}-{run}"
     stats = {f: Tally() for f in FAULTS}
     load_before, t_start = os.getloadavg(), time.monotonic()
-    bed = TestBed.up(nodes=3, name="bsoak", extra_args=["--set", "balance=false"])
+    bed = TestBed.up(nodes=3, name=f"bsoak{run}", extra_args=["--set", "balance=false"])
     proc = None
     left: dict[str, object] = {}
     checker = None
@@ -317,6 +320,12 @@ def main() -> None:
             while len(copies(token)) > 1 and time.monotonic() < deadline:
                 time.sleep(0.1)
             doubled = len(copies(token)) > 1
+            if doubled:  # what each node says it holds, for the record
+                for i in NODES:
+                    with contextlib.suppress(Exception):
+                        rows = bed.call(i, "jobs")["jobs"]
+                        print(f"  node{i} holds", [(r["home_pid"], r.get("pid")) for r in rows])
+                print("  copies", copies(token), flush=True)
             lost = proc.poll() is not None or not checker.advances()
             s.doubled += doubled
             s.lost += lost
@@ -350,7 +359,9 @@ def main() -> None:
                     f.close()
         for i in NODES:
             with contextlib.suppress(OSError):
-                shutil.copy(bed.node(i).log, Path(tempfile.gettempdir()) / f"soak-node{i}.log")
+                shutil.copy(
+                    bed.node(i).log, Path(tempfile.gettempdir()) / f"soak-{run}-node{i}.log"
+                )
         bed.down()
     total = Tally()
     for t in stats.values():
