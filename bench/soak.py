@@ -323,8 +323,8 @@ def main() -> None:
             if doubled:  # what each node says it holds, for the record
                 for i in NODES:
                     with contextlib.suppress(Exception):
-                        rows = bed.call(i, "jobs")["jobs"]
-                        print(f"  node{i} holds", [(r["home_pid"], r.get("pid")) for r in rows])
+                        held = bed.call(i, "jobs")["jobs"]
+                        print(f"  node{i} holds", [(r["home_pid"], r.get("pid")) for r in held])
                 print("  copies", copies(token), flush=True)
             lost = proc.poll() is not None or not checker.advances()
             s.doubled += doubled
