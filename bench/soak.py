@@ -10,7 +10,7 @@ back 2 s (the hook) and the target is hit after 1 s; 5 % of the packets every no
 dropped during the move (iptables in each node's namespace); the target's image directory
 (its /dev/shm) too small for the job.
 Not here: agent kill -9 where the job runs (it needs item 6's checkpoints).
-Usage: python -m bench.soak [--moves 500] [--seed 1]."""
+Usage: python -m bench.soak [--moves 500] [--seed 1] [--only FAULT]."""
 
 from __future__ import annotations
 
@@ -282,6 +282,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--moves", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", choices=FAULTS, help="this fault at every move")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     # Unique per run: another soak on the machine (another worktree) has its own job and bed.
@@ -306,7 +307,7 @@ def main() -> None:
         checker = Checker(proc)
         assert checker.advances(), "the job did not start"
         for n in range(args.moves):
-            fault = rng.choice(FAULTS)
+            fault = args.only or rng.choice(FAULTS)
             try:
                 ok, what = one_move(bed, rng, proc.pid, fault, base)
             except (RuntimeError, subprocess.SubprocessError) as e:
