@@ -10,7 +10,7 @@ back 2 s (the hook) and the target is hit after 1 s; 5 % of the packets every no
 dropped during the move (iptables in each node's namespace); the target's image directory
 (its /dev/shm) too small for the job.
 Not here: agent kill -9 where the job runs (it needs item 6's checkpoints).
-Usage: python -m bench.soak [--moves 500] [--seed 1]."""
+Usage: python -m bench.soak [--moves 500] [--seed 1] [--only FAULT]."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ import json
 import os
 import queue
 import random
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,7 @@ HOOKS = [
     ("home", "drop VERDICT once"),
 ]
 FAULTS = ["none", "hook", "freeze target", "kill target", "packet loss", "full target"]
+NS_KINDS = {"mnt", "pid", "ipc", "uts", "net", "user", "cgroup", "time"}
 LOSS_RULE = ["INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"]
 
 
@@ -125,7 +128,90 @@ def leaked_images(bed: TestBed) -> list[str]:
     ]
 
 
-def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tuple[bool, str]:
+@dataclass
+class Snapshot:
+    """What the bed holds apart from the job: each agent's open fds (by kind), the namespaces
+    its processes use or hold open, and the files under the nodes' image roots and job state."""
+
+    fds: dict[int, Counter[str]]
+    namespaces: set[str]
+    files: set[str]
+    processes: set[str]
+
+
+def _fd_kinds(pid: int) -> Counter[str]:
+    kinds: Counter[str] = Counter()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                # "socket:[123]" -> "socket": the kind, not the instance.
+                kinds[os.readlink(f"/proc/{pid}/fd/{fd}").split(":[")[0]] += 1
+    return kinds
+
+
+def _in_bed(bed: TestBed) -> tuple[set[str], set[str]]:
+    """Namespaces (type:[inode]) that processes in the bed's network namespaces are in or
+    hold open (the bed's own are in the baseline; a job's must go with it), and those
+    processes but the agents ("PID NAME")."""
+    agents = {bed.node(i).agent_pid for i in NODES}
+    procs: set[str] = set()
+    nets = set()
+    for i in NODES:
+        with contextlib.suppress(OSError):
+            nets.add(f"net:[{os.stat(f'/run/netns/{bed.node(i).netns}').st_ino}]")
+    out: set[str] = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.readlink(d / "ns" / "net") not in nets:
+                continue
+            links = [os.readlink(n) for n in (d / "ns").iterdir()]
+            links += [os.readlink(f) for f in (d / "fd").iterdir()]
+            name = (d / "comm").read_text().strip()
+        except OSError:
+            continue
+        out.update(x for x in links if x.split(":[")[0] in NS_KINDS)
+        if int(d.name) not in agents:
+            procs.add(f"{d.name} {name}")
+    return out, procs
+
+
+def _files(bed: TestBed) -> set[str]:
+    out: set[str] = set()
+    for i in NODES:
+        found = bed.exec(i, ["find", "/dev/shm", "-path", "/dev/shm/pymosix-*"]).stdout.split()
+        # The image root itself is the agent's (one per agent run): what is inside counts.
+        out.update(f"node{i}:{p}" for p in found if p.count("/") > 3)
+        state = Path(bed.node(i).dir) / "state"
+        for sub in ("jobs", "checkpoints"):
+            out.update(f"node{i}:{p}" for p in (state / sub).rglob("*") if p.is_file())
+    return out
+
+
+def snapshot(bed: TestBed) -> Snapshot:
+    namespaces, procs = _in_bed(bed)
+    fds = {i: _fd_kinds(bed.node(i).agent_pid) for i in NODES}
+    return Snapshot(fds, namespaces, _files(bed), procs)
+
+
+def leaks(before: Snapshot, bed: TestBed) -> dict[str, object]:
+    """What the bed holds now and did not before the job (fds by agent and kind)."""
+    now = snapshot(bed)
+    fds = {
+        f"node{i}": dict(now.fds[i] - before.fds[i]) for i in NODES if now.fds[i] - before.fds[i]
+    }
+    return {
+        "processes": sorted(now.processes - before.processes),
+        "fds": fds,
+        "namespaces": sorted(now.namespaces - before.namespaces),
+        "files": sorted(now.files - before.files),
+    }
+
+
+def one_move(
+    bed: TestBed, rng: random.Random, home_pid: int, fault: str, base: Snapshot
+) -> tuple[bool, str]:
     """One move to a random other node under `fault`; (migrate's success, what was done)."""
     now = where(bed, home_pid)
     src = next(i for i, n in NODES.items() if n == now)
@@ -144,7 +230,16 @@ def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tup
         for i in NODES:
             bed.exec(i, ["iptables", "-w", "-A", *LOSS_RULE], check=True)
     elif fault == "full target":
-        bed.exec(tgt, ["mount", "-o", "remount,size=1m", "/dev/shm"], check=True)
+        # tmpfs takes no size below what it holds: the last move's images may still be going.
+        deadline = time.monotonic() + 65
+        remount = ["mount", "-o", "remount,size=1m", "/dev/shm"]
+        while (r := bed.exec(tgt, remount)).returncode != 0:
+            if time.monotonic() > deadline:
+                held = bed.exec(tgt, ["sh", "-c", "du -a /dev/shm | sort -n | tail -5"]).stdout
+                print(f"cannot shrink node{tgt}'s /dev/shm: {r.stderr.strip()}; it holds:")
+                print(held, flush=True)
+                raise RuntimeError(f"node{tgt}'s /dev/shm stays full")
+            time.sleep(1)
     move = bed.popen(
         1,
         ["migrate", str(home_pid), f"0x{NODES[tgt]:x}"],
@@ -179,6 +274,7 @@ def one_move(bed: TestBed, rng: random.Random, home_pid: int, fault: str) -> tup
     if fault == "kill target":
         bed.start_agent(tgt)
         bed.wait_converged(30)
+        base.fds[tgt] = _fd_kinds(bed.node(tgt).agent_pid)  # a new agent: its own baseline
     return move.returncode == 0, what
 
 
@@ -186,16 +282,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--moves", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", choices=FAULTS, help="this fault at every move")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    token = f"pmx-soak-{args.seed}"
+    # Unique per run: another soak on the machine (another worktree) has its own job and bed.
+    run = secrets.token_hex(3)
+    token = f"pmx-soak-{args.seed}-{run}"
     stats = {f: Tally() for f in FAULTS}
-    bed = TestBed.up(nodes=3, name="bsoak", extra_args=["--set", "balance=false"])
+    load_before, t_start = os.getloadavg(), time.monotonic()
+    bed = TestBed.up(nodes=3, name=f"bsoak{run}", extra_args=["--set", "balance=false"])
     proc = None
-    leaks = {"processes": 0, "images": 0}
+    left: dict[str, object] = {}
     checker = None
+    aborted = ""
     try:
         bed.wait_converged(30)
+        base = snapshot(bed)
         proc = bed.popen(
             1,
             ["mosrun", "python3", "-c", JOB, token],
@@ -205,8 +307,13 @@ def main() -> None:
         checker = Checker(proc)
         assert checker.advances(), "the job did not start"
         for n in range(args.moves):
-            fault = rng.choice(FAULTS)
-            ok, what = one_move(bed, rng, proc.pid, fault)
+            fault = args.only or rng.choice(FAULTS)
+            try:
+                ok, what = one_move(bed, rng, proc.pid, fault, base)
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                aborted = f"move {n + 1} ({fault}): {e}"
+                print("the soak stops:", aborted, flush=True)
+                break
             s = stats[fault]
             s.moves += 1
             s.ok += ok
@@ -214,6 +321,12 @@ def main() -> None:
             while len(copies(token)) > 1 and time.monotonic() < deadline:
                 time.sleep(0.1)
             doubled = len(copies(token)) > 1
+            if doubled:  # what each node says it holds, for the record
+                for i in NODES:
+                    with contextlib.suppress(Exception):
+                        held = bed.call(i, "jobs")["jobs"]
+                        print(f"  node{i} holds", [(r["home_pid"], r.get("pid")) for r in held])
+                print("  copies", copies(token), flush=True)
             lost = proc.poll() is not None or not checker.advances()
             s.doubled += doubled
             s.lost += lost
@@ -230,24 +343,26 @@ def main() -> None:
         deadline = time.monotonic() + 65
         while leaked_images(bed) and time.monotonic() < deadline:
             time.sleep(1)
-        left = leaked_images(bed)
-        leaks["images"] = len(left)
-        if left:
-            print("images left:", " ".join(left))
+        proc.kill()
+        proc.wait()
+        # The job ends wherever it is (home kills it), then everything it held must go.
+        deadline = time.monotonic() + 30
+        while (copies(token) or any(leaks(base, bed).values())) and time.monotonic() < deadline:
+            time.sleep(1)
+        left = {"job copies": copies(token), **leaks(base, bed)}
     finally:
         if proc is not None:
-            proc.kill()
-            proc.wait()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
             for f in (proc.stdout, proc.stderr):
                 if f is not None:
                     f.close()
-        deadline = time.monotonic() + 15
-        while copies(token) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        leaks["processes"] = len(copies(token))
         for i in NODES:
             with contextlib.suppress(OSError):
-                shutil.copy(bed.node(i).log, Path(tempfile.gettempdir()) / f"soak-node{i}.log")
+                shutil.copy(
+                    bed.node(i).log, Path(tempfile.gettempdir()) / f"soak-{run}-node{i}.log"
+                )
         bed.down()
     total = Tally()
     for t in stats.values():
@@ -257,12 +372,29 @@ def main() -> None:
         {"fault": f, **t.__dict__} for f, t in (*stats.items(), ("all", total))
     ]
     print_table(rows)
-    print(
-        "checksum errors (lines out of order, missing, repeated or wrong):",
-        checker.errors if checker else "n/a",
-    )
-    print("leaked after the run:", json.dumps(leaks))
+    errors = checker.errors if checker else -1
+    print("checksum errors (lines out of order, missing, repeated or wrong):", errors)
+    print("left after the run:", json.dumps(left))
     print(f"csv: {write_csv('soak', rows)}")
+    fds = left.get("fds") or {}
+    assert isinstance(fds, dict)
+    counts = {
+        f"left_{k.replace(' ', '_')}": len(v) for k, v in left.items() if isinstance(v, list)
+    } | {"left_fds": sum(sum(kinds.values()) for kinds in fds.values())}
+    summary = {
+        "seed": args.seed,
+        "moves": total.moves,
+        "moved": total.ok,
+        "lost": total.lost,
+        "doubled": total.doubled,
+        "checksum_errors": errors,
+        "aborted": aborted,
+        **counts,
+        "minutes": round((time.monotonic() - t_start) / 60, 1),
+        "load_before": " ".join(f"{x:.2f}" for x in load_before),
+        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    print(f"csv: {write_csv('soak_summary', [summary])}")
 
 
 if __name__ == "__main__":

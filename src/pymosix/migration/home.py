@@ -18,6 +18,7 @@ from pymosix.errors import CriuError, MigrationError
 from pymosix.ids import format_node_id
 from pymosix.migration.checkpoint import SUBDIR, Cursor, Held, InputLog, Store
 from pymosix.migration.faults import Faults
+from pymosix.migration.handover import serve_left
 from pymosix.migration.lifecycle import Arbiter, JobMeta, Keeper, S
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.stdio import (
@@ -98,6 +99,8 @@ class HomeJob:
     stdin: InputLog = field(default_factory=InputLog)
     _attached: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Links of nodes the job left, served until they close (migration/handover.py).
+    _left: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         root = self.engine.state_dir / SUBDIR / str(self.meta.home_pid)
@@ -124,9 +127,9 @@ class HomeJob:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._exited.wait(), KILL_WAIT_S)
         finally:
-            for t in (from_user, from_host, beats):
+            for t in (from_user, from_host, beats, *self._left):
                 t.cancel()
-            for t in (from_user, from_host, beats):
+            for t in (from_user, from_host, beats, *self._left):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             self.link.close()
@@ -249,9 +252,18 @@ class HomeJob:
         await self.tell({"t": "exit", "code": LOST_STATUS, "signal": None})
         self._exited.set()
 
+    def _serve_left(self, link: Link) -> None:
+        args = (self.arbiter, self.engine.faults, self.meta.home_pid, BEAT_S, DEAD_AFTER_S)
+        task = asyncio.create_task(serve_left(link, *args))
+        self._left.add(task)
+        task.add_done_callback(self._left.discard)
+
     async def _from_host(self) -> None:
+        link = self.link
         while True:
-            link = self.link
+            if self.link is not link:  # the job moved: its old host may still ask about it
+                self._serve_left(link)
+                link = self.link
             try:
                 # Silence is loss too: the host beats every BEAT_S.
                 kind, p = await asyncio.wait_for(link.recv(), DEAD_AFTER_S)

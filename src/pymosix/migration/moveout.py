@@ -185,8 +185,11 @@ async def _move(job: HostedJob, ch: Channel, target: int, t_begin: float) -> Mov
     except BaseException as e:
         if lazy is not None:
             await lazy.stop()  # criu lets go of the job, which stays stopped
-        if m.state in (S.COMMITTED, S.LOST):
-            raise  # not ours any more: never resumed here (see _finish_transfer)
+        shutil.rmtree(images, ignore_errors=True)  # first: what follows may fail
+        if m.state in (S.COMMITTED, S.LOST) or job.state != "running":
+            # Not ours any more: never resumed here (see _finish_transfer). Or it ended
+            # mid-move (killed: finish() closed its pipes and cancelled this move).
+            raise
         # Rollback: the unread stdin goes back into the pipe, the job goes on here.
         if leftover and job.stdin_w is not None:
             with contextlib.suppress(OSError):
@@ -201,7 +204,6 @@ async def _move(job: HostedJob, ch: Channel, target: int, t_begin: float) -> Mov
         job._in_ready.set()
         with contextlib.suppress(EOFError):
             await job.link.send(Frame.RESUME, {})
-        shutil.rmtree(images, ignore_errors=True)
         if m.can(E.FAILED):
             m.step(E.FAILED, time.monotonic())
         if m.can(E.RESUMED):
