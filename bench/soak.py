@@ -8,8 +8,9 @@ or delaying one protocol message (migration/faults.py); the target's agent froze
 7 s during the move, or killed (kill -9) and started again; "during": the source holds DONE
 back 2 s (the hook) and the target is hit after 1 s; 5 % of the packets every node receives
 dropped during the move (iptables in each node's namespace); the target's image directory
-(its /dev/shm) too small for the job.
-Not here: agent kill -9 where the job runs (it needs item 6's checkpoints).
+(its /dev/shm) too small for the job; before the move, kill -9 of the agent where the job runs
+("restart host") or of its home's ("restart home") and a new agent at once (docs/reliability.md,
+item 5), then the move.
 Usage: python -m bench.soak [--moves 500] [--seed 1] [--only FAULT]."""
 
 from __future__ import annotations
@@ -56,7 +57,16 @@ HOOKS = [
     ("target", "delay RESTORED 8"),
     ("home", "drop VERDICT once"),
 ]
-FAULTS = ["none", "hook", "freeze target", "kill target", "packet loss", "full target"]
+FAULTS = [
+    "none",
+    "hook",
+    "freeze target",
+    "kill target",
+    "packet loss",
+    "full target",
+    "restart host",
+    "restart home",
+]
 NS_KINDS = {"mnt", "pid", "ipc", "uts", "net", "user", "cgroup", "time"}
 LOSS_RULE = ["INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"]
 
@@ -229,6 +239,14 @@ def one_move(
     elif fault == "packet loss":
         for i in NODES:
             bed.exec(i, ["iptables", "-w", "-A", *LOSS_RULE], check=True)
+    elif fault in ("restart host", "restart home"):
+        # Before the move: kill -9 of the agent where the job runs (or of its home's), a new one
+        # at once, as systemd's Restart= does; the job must go on, and then move.
+        restarted = src if fault == "restart host" else 1
+        bed.kill_agent(restarted)
+        bed.start_agent(restarted)
+        bed.wait_converged(30)
+        what = f"{fault} (node{restarted})"
     elif fault == "full target":
         # tmpfs takes no size below what it holds: the last move's images may still be going.
         deadline = time.monotonic() + 65
