@@ -364,6 +364,26 @@ def test_a_stopping_agent_sends_a_guest_elsewhere_when_home_refuses(
     _intact(job)
 
 
+def test_a_guest_that_cannot_leave_a_stopping_agent_is_checkpointed_home(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    """Home refuses it and there is no other node: the stopping agent sends home a checkpoint
+    (the job has no -C), and home restores it from there once it gives node2 up."""
+    bed = make_bed(2)
+    job, token = _moved_to_node2(bed, jobs)
+    bed.set_faults(1, "drop READY\n")
+    bed.stop_agent(2, timeout_s=60)
+    assert "checkpointed home, left to its holder" in bed.node(2).log.read_text()
+    wait_until("the job back at home", lambda: job.node() == 0x640B, 30)
+    assert job.proc.poll() is None
+    wait_until("one copy", lambda: len(_copies(token)) == 1, 15)
+    _counts_on(job, 10)
+    job.proc.kill()
+    wait_until("the job gone", lambda: not _copies(token), 15)
+    job.finish()
+    _intact(job)
+
+
 #: Counts, and outlives SIGTERM and SIGINT (it handles them by printing).
 STUBBORN = (
     "import signal, sys, time\n"

@@ -78,6 +78,7 @@ class Guest(Protocol):
     def moving(self) -> asyncio.Lock: ...
     def flush_output(self, then: tuple[int, dict[str, Any]] | None = None) -> None: ...
     async def send_home(self, kind: int, payload: dict[str, Any]) -> bool: ...
+    async def drained(self, timeout_s: float) -> bool: ...
 
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,20 @@ async def keep(job: Guest) -> None:
                 await take(job)
             except (CriuError, MigrationError, OSError) as e:
                 log.warning("job %d: no checkpoint this time: %s", job.meta.home_pid, e)
+
+
+async def last_one(job: Guest, timeout_s: float) -> bool:
+    """A checkpoint home now, whatever the job's interval (a stopping agent's guest that
+    could not leave: home restores it when it gives this host up); True once home has it all."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with job.moving:
+                if job.state != "running" or not await take(job):
+                    return False
+                return await job.drained(timeout_s)
+    except (CriuError, MigrationError, OSError, TimeoutError) as e:
+        log.warning("job %d: no checkpoint at the stop: %s", job.meta.home_pid, e)
+        return False
 
 
 async def take(job: Guest) -> bool:

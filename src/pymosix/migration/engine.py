@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping agent tries to send its guests away (systemd's stop timeout is longer).
 STOP_GUESTS_S = 20.0
+#: Then, for each guest that could not leave, how long its last checkpoint home may take.
+STOP_CKPT_S = 30.0
 #: Where agents keep the images of moves in progress (tmpfs: a dump is a memory copy).
 IMAGES_PARENT = Path("/dev/shm")
 
@@ -189,12 +191,17 @@ class MigrationEngine:
         # Guests go home (or elsewhere) rather than die with this agent; what is left goes.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._send_guests_away(), STOP_GUESTS_S)
+        me = self.agent.node_id
+        stuck = [j for j in self.hosted.values() if j.meta.home_node != me and j.state == "running"]
+        # Those that could not leave: a checkpoint home now, from which home restores the job
+        # once it gives this node up (unless a next agent here takes it back first: rejoin.py).
+        sent = await asyncio.gather(*(checkpoint.last_one(j, STOP_CKPT_S) for j in stuck))
+        for job, ok in zip(stuck, sent, strict=True):
+            how = "checkpointed home" if ok else "no checkpoint home"
+            log.error("job %d of node %d could not leave: %s, left to its holder", *_key(job), how)
         for job in list(self.hosted.values()):
             if job.holder is None:  # a job at home waits for the next agent (restart.py)
                 job.deliver_signal(9)
-            elif job.state == "running" and job.meta.home_node != self.agent.node_id:
-                # A next agent within GUEST_ALONE_S takes it back (rejoin.py); else it goes.
-                log.error("job %d of node %d could not leave: left to its holder", *_key(job))
         for t in list(self._conns):
             t.cancel()
         shutil.rmtree(self.image_root, ignore_errors=True)

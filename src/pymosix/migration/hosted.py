@@ -153,6 +153,7 @@ class HostedJob:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _unsent: tuple[int, dict[str, Any]] | None = None
     _measured: bool = False
+    _sending: bool = False
     _receiving: asyncio.Task[None] | None = None
     _sent: asyncio.Event = field(default_factory=asyncio.Event)  # a frame went home
     heard: float = field(default_factory=time.monotonic)  # last frame from home
@@ -251,11 +252,14 @@ class HostedJob:
         """All frames home go through one queue, so their order is the order they were made."""
         while (item := self._unsent or await self._outq.get()) is not None:
             self._unsent = None
+            self._sending = True
             try:
                 await self.link.send(*item)
             except EOFError:
                 self._unsent = item  # for the link to home's next agent, if one comes
                 return
+            finally:
+                self._sending = False
             if item[0] == Frame.OUT:
                 self._sent_out(len(item[1]["data"]))
             self._sent.set()
@@ -290,6 +294,16 @@ class HostedJob:
         if self.state == "running":
             self._outq.put_nowait((kind, payload))
         return self.state == "running"
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Whether every frame queued for home went out within timeout_s (a stopping agent's
+        last checkpoint of a guest must reach home before the agent exits)."""
+        end = time.monotonic() + timeout_s
+        while self._outq.qsize() or self._sending or self._unsent is not None:
+            if time.monotonic() >= end:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     @property
     def moving(self) -> asyncio.Lock:  # held during a move or a checkpoint: one dump at a time
