@@ -42,6 +42,7 @@ from pymosix.migration.channel import RAW, Channel
 from pymosix.migration.criu import CAP_SYS_RESOURCE, PRIVATE_FILES, has_capability
 from pymosix.migration.imagecheck import receive_rest
 from pymosix.migration.link import Frame
+from pymosix.migration.needs import tree_rss
 from pymosix.migration.pages import PAGES_CHUNK, page_socketpair, relay_pages
 
 if TYPE_CHECKING:
@@ -202,7 +203,9 @@ async def source_offer(job: HostedJob) -> bool:
     """Whether the source offers post-copy for this job (big enough, and lazy mode works
     here); a job that would pay but cannot gets a log line saying why and the fix."""
     version = await job.engine.criu.version()
-    wanted, why_not = want_postcopy(job.rss, job.engine.postcopy_min_mib, local_problem(version))
+    # Its size now: the periodic figure may predate what a young job has just allocated.
+    rss = max(job.rss, tree_rss(job.pid))
+    wanted, why_not = want_postcopy(rss, job.engine.postcopy_min_mib, local_problem(version))
     if why_not:
         log.warning("job %d moves by stop-and-copy, not post-copy: %s", job.meta.home_pid, why_not)
     return wanted
