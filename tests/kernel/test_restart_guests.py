@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import pytest
 
+from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import Job, MakeBed
 from tests.kernel.test_reliability import _copies
@@ -24,6 +25,18 @@ def _moved(job: Job, target: str, node: int) -> None:
     r = job.migrate(target)
     assert r.returncode == 0, r.stderr
     wait_until(f"the job on node {target}", lambda: job.node() == node, 20)
+
+
+def _counting(
+    bed: TestBed, jobs: list[Job], user: str | None = None, options: tuple[str, ...] = ()
+) -> tuple[Job, str]:
+    """COUNT started at node1 (as `user`), three numbers seen."""
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    argv = [*options, "python3", "-c", COUNT, token]
+    job = Job(bed, 1, argv, user=user, cwd=str(bed.shared_dir) if user else None)
+    jobs.append(job)
+    job.counts(3)
+    return job, token
 
 
 def _each_once(job: Job) -> None:
@@ -39,11 +52,7 @@ def test_a_users_guest_outlives_a_kill_9_of_its_hosts_agent(
     """Checkpointed, it is also stopped from its adoption until home says yes: home restores
     no checkpoint of it meanwhile (that would make two copies)."""
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    argv = [*options, "python3", "-c", COUNT, token]
-    job = Job(bed, 1, argv, user=user, cwd=str(bed.shared_dir))
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs, user, tuple(options))
     _moved(job, "0x640c", 0x640C)
     (guest_pid,) = _copies(token)
     _restart(bed, 2)
@@ -73,10 +82,7 @@ def test_a_job_that_came_back_home_outlives_its_home_agent(
 ) -> None:
     """Restored at home by CRIU, not started there: its holder is the restore's."""
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user, cwd=str(bed.shared_dir))
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs, user)
     _moved(job, "0x640c", 0x640C)
     _moved(job, "0x640b", 0x640B)
     (host_pid,) = _copies(token)
@@ -96,10 +102,7 @@ def test_a_guest_whose_hosts_agent_does_not_come_back_is_gone_before_home_says_l
     make_bed: MakeBed, jobs: list[Job]
 ) -> None:
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token])
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs)
     _moved(job, "0x640c", 0x640C)
     bed.kill_agent(2)
     t0 = time.monotonic()
@@ -119,10 +122,7 @@ def test_a_users_job_away_outlives_a_kill_9_of_its_home_agent(
 ) -> None:
     """Step 3: the next home agent meets the same mosrun and the same guest (away.py)."""
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token], user=user, cwd=str(bed.shared_dir))
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs, user)
     _moved(job, "0x640c", 0x640C)
     (guest_pid,) = _copies(token)
     _restart(bed, 1)
@@ -146,10 +146,7 @@ def test_a_job_away_whose_home_agent_does_not_come_back_is_gone(
     make_bed: MakeBed, jobs: list[Job]
 ) -> None:
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token])
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs)
     _moved(job, "0x640c", 0x640C)
     bed.kill_agent(1)
     t0 = time.monotonic()
@@ -164,10 +161,7 @@ def test_mps_lists_a_job_that_waits_for_its_mosrun_after_a_restart(
     make_bed: MakeBed, jobs: list[Job]
 ) -> None:
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token])
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs)
     _moved(job, "0x640c", 0x640C)
     job.proc.send_signal(signal.SIGSTOP)  # mosrun cannot come back to the next agent yet
     try:
@@ -189,10 +183,7 @@ def test_a_restored_copy_not_yet_committed_dies_with_its_agent_at_once(
     """Its holder starts `moving`: a target agent killed before home's commit leaves it to no
     one, and the job goes on where it was (home aborts the move)."""
     bed = make_bed(2)
-    token = f"pmx-restart-{secrets.token_hex(4)}"
-    job = Job(bed, 1, ["python3", "-c", COUNT, token])
-    jobs.append(job)
-    job.counts(3)
+    job, token = _counting(bed, jobs)
     bed.set_faults(1, "delay ATTACH 6 once\n")  # home holds the commit back
     move = bed.popen(1, ["migrate", str(job.pid), "0x640c"])
     try:

@@ -171,6 +171,26 @@ class HostedJob:
     #: The job's parent when it is not this agent (a job started here: migration/holder.py).
     holder: Holder | None = None
 
+    @classmethod
+    def from_holder(
+        cls, engine: HostEngine, meta: JobMeta, holder: Holder, link: Link, stdin_eof: bool
+    ) -> HostedJob:
+        """A job a dead agent left with its holder, rebuilt from the fds the holder handed over
+        (restart.py at home, rejoin.py for a guest)."""
+        fds = holder.fds
+        return cls(
+            engine,
+            meta,
+            holder.pid,
+            fds.get("in_w"),
+            fds["in_r"],
+            {1: fds["out_r"], 2: fds["err_r"]},
+            link,
+            time.monotonic(),
+            stdin_eof=stdin_eof or "in_w" not in fds,
+            holder=holder,
+        )
+
     # --- life --------------------------------------------------------------------------------
 
     def start(self) -> None:

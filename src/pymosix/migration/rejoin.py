@@ -69,19 +69,8 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
         log.warning("guest %d of node %d: its agent died moving it; killed", home_pid, home_node)
         _give_up(holder)
         return False
-    fds = holder.fds
-    hosted = HostedJob(
-        engine,
-        meta,
-        holder.pid,
-        fds.get("in_w"),
-        fds["in_r"],
-        {1: fds["out_r"], 2: fds["err_r"]},
-        LocalLink.pair()[0],  # the link home, once home takes it back
-        time.monotonic(),
-        stdin_eof="in_w" not in fds,
-        holder=holder,
-    )
+    # Its link home is set once home takes it back.
+    hosted = HostedJob.from_holder(engine, meta, holder, LocalLink.pair()[0], stdin_eof=False)
     # Home may restore a checkpointed job once it gives this host up (REJOIN_S): until home
     # says yes, the job must not run (its holder kept it running until now, < GUEST_ALONE_S).
     fenced = _fence(holder.pid) if meta.checkpoint_s > 0 else None

@@ -16,7 +16,6 @@ import logging
 import os
 import pwd
 import signal
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,12 +220,7 @@ class Restarts:
         if got is None:
             log.error("job %d: its host node %d did not come back", meta.home_pid, node)
             waiting.drop()
-            for msg in (
-                {"t": "error", "message": f"job lost with node {format_node_id(node)}"},
-                {"t": "exit", "code": LOST_STATUS, "signal": None},
-            ):
-                conn.writer.write(ctrl_frame(msg))
-            await conn.writer.drain()
+            await _tell_lost(conn, f"job lost with node {format_node_id(node)}")
             return
         link, node = got
         engine = self.engine
@@ -250,32 +244,15 @@ class Restarts:
         await conn.send(
             {"ok": True, "t": "reattached", "node": rec["home_node"], "stdio": STDIO_FRAMES}
         )
-        for msg in (
-            {"t": "error", "message": "the agent died while it moved the job: the job is gone"},
-            {"t": "exit", "code": LOST_STATUS, "signal": None},
-        ):
-            conn.writer.write(ctrl_frame(msg))
-        await conn.writer.drain()
+        await _tell_lost(conn, "the agent died while it moved the job: the job is gone")
 
     async def _serve(
         self, rec: dict[str, Any], holder: Holder, conn: ControlConnection, stdin_eof: bool
     ) -> None:
         engine, me = self.engine, self.engine.agent.node_id
         meta = JobMeta.from_wire(rec["meta"])
-        fds = holder.fds
         host_end, home_end = LocalLink.pair()
-        hosted = HostedJob(
-            engine,
-            meta,
-            holder.pid,
-            fds.get("in_w"),
-            fds["in_r"],
-            {1: fds["out_r"], 2: fds["err_r"]},
-            host_end,
-            time.monotonic(),
-            stdin_eof=stdin_eof or "in_w" not in fds,
-            holder=holder,
-        )
+        hosted = HostedJob.from_holder(engine, meta, holder, host_end, stdin_eof)
         home = HomeJob(engine, meta, conn, home_end, me, user=user_name(meta.uid))
         home.stdin_eof = hosted.stdin_eof
         engine.home_jobs[meta.home_pid] = home
@@ -283,6 +260,13 @@ class Restarts:
         log.info("job %d re-attached to its mosrun (pid %d here)", meta.home_pid, holder.pid)
         await conn.send({"ok": True, "t": "reattached", "node": me, "stdio": STDIO_FRAMES})
         await home.serve()
+
+
+async def _tell_lost(conn: ControlConnection, why: str) -> None:
+    """A re-attached mosrun's last words: why the job is gone, and the lost status."""
+    for msg in ({"t": "error", "message": why}, {"t": "exit", "code": LOST_STATUS, "signal": None}):
+        conn.writer.write(ctrl_frame(msg))
+    await conn.writer.drain()
 
 
 def user_name(uid: int) -> str:
