@@ -24,6 +24,7 @@ from pymosix.policy import (
     accept_offer,
     best_node,
     decide,
+    ripe_in,
 )
 from pymosix.refusals import Refusals
 
@@ -73,7 +74,7 @@ def job_view(
         home=NodeId(meta.home_node),
         age_s=max(0.0, time.time() - meta.started_at),
         cpu_fraction=min(1.0, job.cpu_percent / 100.0 / capacity),
-        rss_bytes=job.rss,
+        rss_bytes=job.anon,
         locked=meta.locked,
         allowed_nodes=frozenset(NodeId(n) for n in meta.allowed_nodes)
         if meta.allowed_nodes
@@ -136,20 +137,30 @@ class Balancer:
         # Twice per load interval, and as soon as a new job has its first CPU figure (at about
         # its minimum age); the policy's cool-downs and recent moves keep the extra rounds from
         # moving anything twice.
+        # Sooner when a job here comes of age before that (policy.ripe_in).
         period = self.agent.config.load_interval_ms / 2000
+        wait = period
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), period)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
+            wait = period
             if not self.agent.config.balance:
                 continue
             try:
-                await self.round()
+                ripe = await self.round()
             except Exception:
                 log.exception("balancing round failed")
+                continue
+            if ripe is not None:
+                wait = min(period, max(0.01, ripe))
 
-    async def round(self) -> None:
+    async def round(self) -> float | None:
+        """Decide and carry out the moves; seconds until a job here comes of age (or None)."""
         snap = self.snapshot()
+        ripe = ripe_in(snap)
+        if ripe is not None:
+            ripe += snap.now  # the moves below take time: made relative again at the end
         for d in decide(snap):
             job = next(
                 (
@@ -168,7 +179,8 @@ class Balancer:
                 log.info("balancer: job %d stays: %s", d.home_pid, e)
                 continue
             self.moves += 1
-            self.recent.append(RecentMove(d.target, self.agent.now(), 1.0, job.rss))
+            self.recent.append(RecentMove(d.target, self.agent.now(), 1.0, job.anon))
+        return None if ripe is None else ripe - self.agent.now()
 
     def best_node_for(self, meta: JobMeta, current: int | None = None) -> int | None:
         """For `migrate PID balance` and `mosrun -b`: the best node now, None for where it is."""

@@ -29,13 +29,15 @@ class PolicyConfig:
     threshold: float = 0.5
     #: Migration channel bandwidth, for the cost of moving an image.
     bandwidth_bytes_per_s: float = 50e6
-    #: Fixed cost of a migration (CRIU freeze, dump, restore), in seconds of the job not running.
-    freeze_cost_s: float = 0.3
+    #: Fixed cost of a migration (CRIU freeze, dump, restore), in seconds of the job not running:
+    #: measured 0.09 s for a 1 MB job on a quiet node (bench.freeze_time) to 0.19-0.24 s on the
+    #: seed's busy node (bench.time_to_balance's logs), the image included.
+    freeze_cost_s: float = 0.25
     #: A move must cost less than this fraction of the job's expected remaining run time.
     max_cost_fraction: float = 0.5
     #: Jobs younger than this are not moved automatically (most short jobs end where they start).
     #: The cost rule below keeps a job longer than this while its move would cost over half its
-    #: expected remaining time (a 5 MB job: 0.8 s); this floor is for jobs whose image is tiny.
+    #: expected remaining time (a 50 MB job: 2.5 s); this floor is for jobs whose image is tiny.
     min_age_s: float = 0.5
     #: A job that arrived here stays at least this long, doubled for each earlier migration.
     min_stay_s: float = 5.0
@@ -63,6 +65,7 @@ class JobView:
     age_s: float
     #: Recent share of one CPU it got (0..1 per thread); with the node's load it gives its demand.
     cpu_fraction: float
+    #: The memory a move copies and frees here: anonymous RSS (clean file pages stay behind).
     rss_bytes: int
     #: Locked in place (mosrun -L, nomig, /proc/PID/lock in openMosix).
     locked: bool = False
@@ -191,6 +194,25 @@ def decide(snap: ClusterSnapshot) -> list[MigrationDecision]:
         )
         round_.apply(job, target)
     return decisions
+
+
+#: A round just after a job comes of age, not at the instant: there its move's cost term is at
+#: its cap, the gap needed is threshold + max_cost_fraction (1.0), and the seed's second job
+#: (a gap of exactly 1.0) would wait for the next round.
+RIPE_MARGIN_S = 0.01
+
+
+def ripe_in(snap: ClusterSnapshot) -> float | None:
+    """Seconds until the first job here now too young to move for load (min_age_s, or its move
+    costing over max_cost_fraction of its age) comes of age, and RIPE_MARGIN_S more; None if none
+    waits for that. The balancer takes a round then, not up to a period later."""
+    cfg = snap.config
+    waits = [
+        max(cfg.min_age_s, _cost_s(cfg, j) / cfg.max_cost_fraction) - j.age_s + RIPE_MARGIN_S
+        for j in snap.jobs
+        if j.cpu_fraction > 0.0 and _may_leave(snap, j)
+    ]
+    return min((w for w in waits if w > 0.0), default=None)
 
 
 def best_node(snap: ClusterSnapshot, job: JobView, *, placing: bool = False) -> NodeId | None:

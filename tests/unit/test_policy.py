@@ -19,6 +19,7 @@ from pymosix.policy import (
     accept_offer,
     best_node,
     decide,
+    ripe_in,
 )
 
 N1, N2, N3 = NodeId(0x640B), NodeId(0x640C), NodeId(0x640D)
@@ -91,8 +92,11 @@ CASES = [
                  id="young-job-needs-bigger-gap-for-its-cost"),
     pytest.param(snap(loops(4, age_s=0.4, rss_bytes=0), node(N1, 4.0), node(N2, 0.0)), [],
                  id="too-young"),
-    pytest.param(snap(loops(4, age_s=0.6, rss_bytes=0), node(N1, 4.0), node(N2, 0.0)),
+    pytest.param(snap(loops(4, age_s=0.6, rss_bytes=0), node(N1, 4.0), node(N2, 0.0),
+                      config=PolicyConfig(freeze_cost_s=0.3)),
                  [(101, N2)], id="past-min-age-tiny-image-moves-one-the-gap-pays-for"),
+    pytest.param(snap(loops(4, age_s=0.6, rss_bytes=0), node(N1, 4.0), node(N2, 0.0)),
+                 [(101, N2), (102, N2)], id="past-min-age-cheap-move-both-the-gap-pays-for"),
     pytest.param(snap(loops(4, age_s=0.6), node(N1, 4.0), node(N2, 0.0)), [],
                  id="past-min-age-but-move-costs-over-half-the-remaining-time"),
     pytest.param(snap(loops(4, age_s=0.9), node(N1, 4.0), node(N2, 0.0)),
@@ -178,6 +182,23 @@ def test_decide(snapshot: ClusterSnapshot, expected: list[tuple[int, NodeId]] | 
         assert got == expected
     for d in decide(snapshot):
         assert d.reason
+
+
+def test_ripe_in_is_when_the_first_young_job_may_move() -> None:
+    cfg = PolicyConfig(freeze_cost_s=0.25, min_age_s=0.5)
+    # Tiny images: the floor, min_age_s, from the youngest that has not reached it.
+    young = (*loops(2, age_s=0.2, rss_bytes=0), job(103, age_s=0.4, cpu_fraction=0.5, rss_bytes=0))
+    assert ripe_in(snap(young, node(N1, 3.0), node(N2, 0.0), config=cfg)) == pytest.approx(0.11)
+    # A big image: its move must cost under half its age (0.25 s + 50 MB at 50 MB/s -> 2.5 s).
+    big = (job(101, age_s=1.0, cpu_fraction=1.0, rss_bytes=50 * 10**6),)
+    assert ripe_in(snap(big, node(N1, 1.0), config=cfg)) == pytest.approx(1.51)
+    # Nothing waits: jobs of age, a job without a CPU figure yet, a locked one.
+    waiting_for_nothing = (
+        job(101, age_s=5.0, cpu_fraction=1.0),
+        job(102, age_s=0.1, cpu_fraction=0.0),
+        job(103, age_s=0.1, cpu_fraction=1.0, locked=True),
+    )
+    assert ripe_in(snap(waiting_for_nothing, node(N1, 2.0), config=cfg)) is None
 
 
 def test_decide_is_pure_and_repeatable() -> None:

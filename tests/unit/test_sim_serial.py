@@ -9,10 +9,14 @@ from collections import defaultdict
 
 import pytest
 
+from pymosix.policy import PolicyConfig
 from pymosix.sim import JobSpec, Move, NodeSpec, SimConfig, Simulation
 
 MB = 2**20
 FREEZE = 0.5
+#: A policy whose first round comes when a round's third move of four loops pays for itself too
+#: (jobs come of age at 1 s, not when the move's cost is just half their age).
+THREE_IN_A_ROUND = PolicyConfig(min_age_s=1.0)
 
 
 def run(jobs: list[JobSpec], cfg: SimConfig, nodes: int = 4, speed: int = 10000) -> list[Move]:
@@ -28,8 +32,9 @@ def rounds(moves: list[Move]) -> list[list[Move]]:
 
 
 def test_a_rounds_three_moves_take_three_freezes() -> None:
-    # Four loops at node 0 of four idle nodes: one round decides three moves.
-    cfg = SimConfig(sample_s=0.1, freeze_cost_s=FREEZE)
+    # Four loops at node 0 of four idle nodes: one round decides three moves (the policy's cost
+    # estimate makes it wait until the third pays for itself too).
+    cfg = SimConfig(sample_s=0.1, freeze_cost_s=FREEZE, policy=THREE_IN_A_ROUND)
     moves = run([JobSpec(0, 100.0, rss_bytes=5 * MB) for _ in range(4)], cfg)
     first = rounds(moves)[0]
     assert len(first) == 3
@@ -60,7 +65,7 @@ def test_the_next_round_comes_a_period_after_the_last_move() -> None:
 
 
 def test_a_job_that_ended_before_its_turn_is_skipped() -> None:
-    cfg = SimConfig(sample_s=0.1, freeze_cost_s=FREEZE)
+    cfg = SimConfig(sample_s=0.1, freeze_cost_s=FREEZE, policy=THREE_IN_A_ROUND)
     long = [JobSpec(0, 100.0, rss_bytes=5 * MB) for _ in range(4)]
     first = rounds(run(long, cfg))[0]
     third = first[2].job

@@ -32,6 +32,7 @@ from pymosix.policy import (
     RecentMove,
     accept_offer,
     decide,
+    ripe_in,
 )
 from pymosix.refusals import Refusals
 from pymosix.sim.membership import Membership
@@ -196,6 +197,8 @@ class _Node:
     plan: list[MigrationDecision] = field(default_factory=list)
     #: When the round whose plan it is ran.
     decided_at: float = 0.0
+    #: When a job there comes of age for a move (policy.ripe_in): the next round then, if sooner.
+    ripe_at: float | None = None
     #: The job being moved out (frozen, on no node's run queue) and its target, or None.
     moving: tuple[_Job, int] | None = None
     refusals: Refusals = field(default_factory=Refusals)
@@ -539,7 +542,8 @@ class Simulation:
             node.rounds = False
             return
         if self.cfg.balance:
-            node.plan = self._decide(node, self._mine(node).view)
+            node.plan, ripe = self._decide(node, self._mine(node).view)
+            node.ripe_at = None if ripe is None else self.now + ripe
             node.plan.reverse()
             node.decided_at = self.now
         self._next_move(node)
@@ -550,7 +554,10 @@ class Simulation:
         while node.plan:
             if self._start_move(node, node.plan.pop()):
                 return
-        self._push(self.now + self.cfg.balance_s, self._ROUND, node.idx, node.epoch)
+        at = self.now + self.cfg.balance_s
+        if node.ripe_at is not None:
+            at = min(at, max(self.now + 0.01, node.ripe_at))
+        self._push(at, self._ROUND, node.idx, node.epoch)
 
     def _arm_rounds(self, node: _Node) -> None:
         if not node.rounds and node.alive:
@@ -602,8 +609,9 @@ class Simulation:
                 return self.nodes[peer]
         return None
 
-    def _decide(self, node: _Node, me: NodeView) -> list[MigrationDecision]:
-        """The agent's Balancer.snapshot and decide, on what this node has heard."""
+    def _decide(self, node: _Node, me: NodeView) -> tuple[list[MigrationDecision], float | None]:
+        """The agent's Balancer.snapshot and decide, on what this node has heard; and when a
+        job there comes of age (policy.ripe_in)."""
         now = self.now
         node.recent = [m for m in node.recent if now - m.at < RECENT_MOVE_S]
         peers = {}
@@ -633,7 +641,8 @@ class Simulation:
             for j in node.jobs
         )
         pol = self.cfg.policy
-        return decide(ClusterSnapshot(me.node_id, now, jobs, peers, me, pol, tuple(node.recent)))
+        snap = ClusterSnapshot(me.node_id, now, jobs, peers, me, pol, tuple(node.recent))
+        return decide(snap), ripe_in(snap)
 
     def move_time(self, node: _Node, job: _Job) -> float:
         """How long moving `job` out of `node` freezes it (the job already off node.jobs): the
