@@ -119,7 +119,17 @@ def main() -> None:
     what = "seed, 2 nodes: speed-up over no balancing"
     rows.append(row(what, bed_speedup, "", (speedups[0], speedups[1]), within_ratio))
     unit = 20.0
-    for nodes, name, speed in ((2, "owner_returns", 10000), (4, "owner_returns_4", 5000)):
+    for nodes, name in ((2, "owner_returns"), (4, "owner_returns_4")):
+        data = read(name)
+        # The 4-node bed's quotas (its CSV says; 5000 before it did), the reference speed at 2.
+        speed = 10000 if nodes == 2 else 5000
+        if data and nodes == 4 and data[0].get("speed"):
+            speed = int(data[0]["speed"])
+        # Where the bed's bench recorded when its jobs came to exist (after their mosruns'
+        # start), the simulator starts them then, and its makespan is set over the bed's bound.
+        sim_row = next((r for r in data or () if r.get("what") == "simulator"), {})
+        arrivals = [float(a) for a in sim_row.get("arrivals_s", "").split()] or None
+        works = [float(w) for w in sim_row.get("works_s", "").split()] or None
         # A job takes `unit` seconds alone on a node: unit * speed / 10000 reference seconds.
         res = [
             scenarios.owner_returns(
@@ -129,10 +139,15 @@ def main() -> None:
                 owner_tasks=4,
                 speed=speed,
                 config=c,
+                arrivals=arrivals,
+                works=works,
             )
             for c in configs
         ]
-        data = read(name)
+        # Over the bound of the work the bed's jobs did, as the bed's ratio_work.
+        sim_ratios = [
+            r.makespan_s / float(sim_row["bound_work_s"]) if works else r.ratio for r in res
+        ]
         bed_ratio = bed_left = None
         load = ""
         if data and nodes == 2:
@@ -141,11 +156,11 @@ def main() -> None:
         elif data:
             o = next(r for r in data if r["what"] == "bed")
             bed_ratio, bed_left, load = (
-                float(o["ratio"]),
+                float(o.get("ratio_work") or o["ratio"]),
                 float(o["guests_left_s"]),
                 o.get("load_avg", ""),
             )
-        ratios = (res[0].ratio, res[1].ratio)
+        ratios = (sim_ratios[0], sim_ratios[1])
         lefts = tuple(r.guests_left_s if r.guests_left_s is not None else float("inf") for r in res)
         rows.append(
             row(

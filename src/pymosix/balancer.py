@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from pymosix.policy import (
     decide,
     ripe_in,
 )
-from pymosix.refusals import Refusals
+from pymosix.refusals import STALE_OFFER, Refusals
 
 if TYPE_CHECKING:
     from pymosix.agent import NodeAgent
@@ -120,7 +121,8 @@ class Balancer:
         self.load._publish_own()
         entries = self.load.table.entries
         me_id = self.agent.node_id
-        me = node_view(entries[me_id], now)
+        # Its own load as of now (a burst that is over does not count), not as gossiped.
+        me = dataclasses.replace(node_view(entries[me_id], now), load=self.load.load_now())
         peers = {NodeId(n): node_view(e, now) for n, e in entries.items() if n != me_id}
         if now >= self._capacity_at + CAPACITY_EVERY_S:
             self._capacity = cpu_capacity(entries[me_id].ncpus)
@@ -217,5 +219,5 @@ class Balancer:
         if believed_load is not None and not accept_offer(
             snap.me, NodeId(job_home), believed_load, on_way=on_way
         ):
-            return "offer made on stale load information"
+            return STALE_OFFER
         return None

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 #: First back-off, and the most it grows to.
 BASE_BACKOFF_S = 10.0
 MAX_BACKOFF_S = 600.0
+#: A target's refusal of an offer made on a load it no longer has (policy.accept_offer). What
+#: was stale is fresh again within a load interval or two of gossip, so the first back-off is
+#: that long, not BASE_BACKOFF_S: an owner's node whose guest two busy nodes refused at once kept
+#: it 10 s longer (the 4-node owner-returns bench, docs/simulator.md).
+STALE_OFFER = "offer made on stale load information"
+STALE_BACKOFF_S = 2.0
 
 
 @dataclass(slots=True)
@@ -24,6 +30,8 @@ class Refusal:
     count: int = 1
 
     def until(self, base_s: float = BASE_BACKOFF_S, max_s: float = MAX_BACKOFF_S) -> float:
+        if STALE_OFFER in self.reason:
+            base_s = min(base_s, STALE_BACKOFF_S)
         return self.at + min(max_s, base_s * 2.0 ** (self.count - 1))
 
 

@@ -21,7 +21,7 @@ from pymosix.migration.needs import (
     refusal,
 )
 from pymosix.policy import ClusterSnapshot, JobView, NodeView, PolicyConfig, decide
-from pymosix.refusals import Refusals
+from pymosix.refusals import STALE_OFFER, Refusals
 
 NODE = 0x640C
 LIB = FileNeed("/usr/lib/libfoo.so", "mapped", 1000, 1, 0o100644, "abcd")
@@ -173,6 +173,16 @@ def test_refusals_back_off_doubling_per_job_and_target() -> None:
     r.cleared(7)
     assert r.why(7) is None
     assert not r.stuck(7, 105)
+
+
+def test_a_stale_load_refusal_backs_off_for_a_gossip_round_not_ten_seconds() -> None:
+    r = Refusals()
+    r.record(7, NODE, f"the target refused: {STALE_OFFER}", now=0)
+    assert r.refused_targets(7, 1.9) == {NODE}
+    assert r.refused_targets(7, 2.0) == frozenset()
+    r.record(7, NODE, f"the target refused: {STALE_OFFER}", now=2)
+    assert r.refused_targets(7, 5.9) == {NODE}, "doubling as any other"
+    assert r.refused_targets(7, 6.0) == frozenset()
 
 
 def _snap(job: JobView) -> ClusterSnapshot:

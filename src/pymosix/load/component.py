@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Samples per load interval: a CPU-bound task is always R, but short ones flicker.
 SAMPLES_PER_INTERVAL = 4
+#: Half-life of the recent load, the last half second or so (see load_now).
+RECENT_HALF_LIFE_S = 0.25
 
 
 class LoadComponent:
@@ -36,6 +38,7 @@ class LoadComponent:
         self.sampler = Sampler()
         self.table = LoadTable(agent.node_id, self.config.load_max_age_ms / 1000)
         self.estimate: LoadEstimate | None = None
+        self.recent: LoadEstimate | None = None
         self._last: RawSample | None = None
         self.util = 0.0
         #: (local jobs, guest jobs) on this node; the migration engine replaces this.
@@ -69,16 +72,30 @@ class LoadComponent:
         runnable = self.estimate.runnable if self.estimate else 0.0
         return normalise(runnable, self.ncpus, self.agent.flags.speed)
 
+    def load_now(self) -> float:
+        """This node's load for its own balancer: the smoothed load, or less if the last half
+        second says less. A burst that is over (four mosruns starting on a slow node: 6.8
+        runnable tasks for 4 jobs) stops counting at once, not over seconds of decay, and the
+        balancer does not move away the jobs it would have run (the gossiped load stays the
+        smoothed one)."""
+        if self.estimate is None or self.recent is None:
+            return self.own_load()
+        runnable = min(self.estimate.runnable, self.recent.runnable)
+        return normalise(runnable, self.ncpus, self.agent.flags.speed)
+
     def job_moved(self, delta_jobs: float) -> None:
         """A job arrived (+1) or left (-1): shift our load now rather than wait for the decay."""
         if self.estimate is not None:
             self.estimate = adjust(self.estimate, delta_jobs)
+            if self.recent is not None:
+                self.recent = adjust(self.recent, delta_jobs)
             self._publish_own()
 
     def _take_sample(self) -> None:
         raw = self.sampler.sample()
         now = self.agent.now()
         self.estimate = smooth(self.estimate, raw.runnable, now)
+        self.recent = smooth(self.recent, raw.runnable, now, RECENT_HALF_LIFE_S)
         if self._last is not None:
             self.util = cpu_utilisation(self._last.cpu, raw.cpu)
         self._last = raw

@@ -34,7 +34,7 @@ from pymosix.policy import (
     decide,
     ripe_in,
 )
-from pymosix.refusals import Refusals
+from pymosix.refusals import STALE_OFFER, Refusals
 from pymosix.sim.membership import Membership
 
 _DONE_EPS = 1e-9
@@ -671,7 +671,7 @@ class Simulation:
         # The agent's check counts the moves it is taking already (Balancer.accept).
         if not accept_offer(fresh, NodeId(job.home + 1), d.target_load, on_way=target.incoming):
             # The refusal carries only its reason (engine: Frame.FAILED), no load.
-            node.refusals.record(job.jid, d.target, "offer made on stale load information", now)
+            node.refusals.record(job.jid, d.target, STALE_OFFER, now)
             self.refusals += 1
             return False
         self._advance(node)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pymosix.sim.engine import (
     JobSpec,
@@ -105,13 +105,25 @@ def owner_returns(
     config: SimConfig | None = None,
     balance: bool = True,
     speed: int = 10000,
+    arrivals: Sequence[float] | None = None,
+    works: Sequence[float] | None = None,
 ) -> SimResult:
     """One job per node, all started at the first node; at owner_at_s the owners of the second
     half of the nodes come back and run owner_tasks CPU-bound processes each, to the end
-    (bench/owner_returns.py runs the same on the bed; bench/owner_returns4.py on half-CPU nodes,
-    speed 5000). work_s is in reference seconds (a job takes twice that at speed 5000)."""
+    (bench/owner_returns.py runs the same on the bed; bench/owner_returns4.py on 0.4-CPU nodes,
+    speed 4000). work_s is in reference seconds (a job takes 2.5 times that at speed 4000).
+    `arrivals`: when each job starts (default all at 0; the bed's benches pass when its jobs
+    came to exist, after their mosruns' start); `works`: each job's work instead of work_s (what
+    the bed's jobs used). A job's image: a perl loop's 0.5 MB."""
     specs = [NodeSpec(speed=speed) for _ in range(nodes)]
-    jobs = [JobSpec(home=0, work=work_s, rss_bytes=5 * MB) for _ in range(nodes)]
+    starts = list(arrivals) if arrivals is not None else [0.0] * nodes
+    each = list(works) if works is not None else [work_s] * nodes
+    if len(starts) != nodes or len(each) != nodes:
+        raise ValueError(f"{len(starts)} arrivals and {len(each)} works for {nodes} jobs")
+    jobs = [
+        JobSpec(home=0, work=w, rss_bytes=MB // 2, arrival_s=a)
+        for a, w in zip(starts, each, strict=True)
+    ]
     owners = [OwnerLoad(i, owner_at_s, tasks=owner_tasks) for i in range(nodes // 2, nodes)]
     return Simulation(
         specs,
