@@ -91,6 +91,14 @@ def test_sampler_counts_runnable_tasks_of_its_cgroup(tmp_path: Path, mode: str) 
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_running_criu_is_a_moves_cost_not_load(tmp_path: Path, mode: str) -> None:
+    tree, line = fake_tree(tmp_path, mode)
+    proc = fake_proc(tmp_path, {101: "R", 102: "S", 103: "R"}, line)
+    (proc / "103" / "stat").write_text("103 (criu) R 1 2 3\n")
+    assert Sampler(proc=proc, tree=tree).runnable() == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_sampler_at_the_root_uses_the_run_queue(tmp_path: Path, mode: str) -> None:
     tree, line = fake_tree(tmp_path, mode)
     proc = fake_proc(tmp_path, {}, line.replace("/node1", "/"))

@@ -3,7 +3,9 @@
 A node's CPUs and processes are its cgroup's when it is confined to one (the test bed gives each
 node its own: a v1 or v2 cpuset, or a v2 cgroup plus CPU affinity; see `pymosix.cgroups`), else
 the host's. Runnable work is the number of tasks in state R among them, as the run queue counts
-it, less the agent's own threads (it is running while it looks).
+it, less the agent's own threads (it is running while it looks) and CRIU's: a move's dump and
+restore are its cost, which the policy counts as such, not load (a node taking a job in read
+one to two tasks busier for the restore and pushed its own job away).
 """
 
 from __future__ import annotations
@@ -30,11 +32,32 @@ class RawSample:
     mem_free: int
 
 
+#: The command name of CRIU's processes, which are not counted as load.
+CRIU_COMM = "criu"
+
+
 def task_state(tid: int, proc: Path = Path("/proc")) -> str:
+    """A task's state letter, "" if it is gone; "c" for a running CRIU task (not load)."""
     try:
-        return (proc / str(tid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        head, tail = (proc / str(tid) / "stat").read_text().rsplit(")", 1)
+    except (OSError, ValueError):
         return ""
+    state = tail.split()[0] if tail.split() else ""
+    if state == "R" and head.split("(", 1)[-1] == CRIU_COMM:
+        return "c"
+    return state
+
+
+def running_criu(root: psutil.Process) -> int:
+    """Running CRIU processes below `root` (the agent): those of this node's moves."""
+    n = 0
+    for p in root.children(recursive=True):
+        try:
+            if p.name() == CRIU_COMM and p.status() == psutil.STATUS_RUNNING:
+                n += 1
+        except psutil.Error:
+            continue
+    return n
 
 
 class Sampler:
@@ -61,7 +84,8 @@ class Sampler:
             # Host-wide: the kernel's own count of running tasks, less ourselves.
             for line in (self.proc / "stat").read_text().splitlines():
                 if line.startswith("procs_running"):
-                    return max(0, int(line.split()[1]) - 1)
+                    criu = running_criu(psutil.Process()) if self.proc == Path("/proc") else 0
+                    return max(0, int(line.split()[1]) - 1 - criu)
             return 0
         tids = self.tree.tids(self.cgroup)
         return sum(1 for t in tids - mine if task_state(t, self.proc) == "R")
