@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import plot, print_table, write_csv
+from bench._jobwatch import JobWatch, arrivals_and_works, cpu_share
 from bench.balance import calibrate, run_mosrun, run_parallel, sshd_ready
 from pymosix.sim.engine import JobSpec, NodeSpec, OwnerLoad, lower_bound
 from pymosix.testbed import TestBed
@@ -50,6 +51,7 @@ class Owner:
         self.bed, self.at_s, self.tasks, self.watch = bed, at_s, tasks, watch
         self.hogs: list[subprocess.Popen[bytes]] = []
         self.guests_left_s = NAN
+        self.came = NAN
         self.guests_at_arrival = 0
         self.where_at_arrival: list[str] = []
         self._stop = threading.Event()
@@ -64,7 +66,7 @@ class Owner:
         # Each in its own session: with autogroup scheduling (on here) one session's processes
         # share one CPU share, and the owner would weigh as a single process whatever `tasks`.
         self.hogs = [self.bed.popen(2, HOG, start_new_session=True) for _ in range(self.tasks)]
-        came = time.monotonic()
+        came = self.came = time.monotonic()
         node2 = self.bed.node(2).node_id
         at_arrival = [int(j["node"]) for j in self.bed.call(1, "jobs")["jobs"]]
         self.where_at_arrival = [f"{n:#x}" for n in at_arrival]
@@ -86,8 +88,9 @@ class Owner:
 
 def with_owner(
     bed: TestBed, args: argparse.Namespace, watch: bool, run: Any
-) -> tuple[float, float]:
-    """(makespan, seconds from the owner's load to the last guest leaving node2, or NaN)."""
+) -> tuple[float, float, float]:
+    """(makespan, seconds from the owner's load to the last guest leaving node2 or NaN, when
+    (time.monotonic) the owner's load came)."""
     owner = Owner(bed, args.unit_s / 3, args.owner_tasks, watch)
     owner.start()
     try:
@@ -96,7 +99,7 @@ def with_owner(
         owner.stop()
     if watch:
         print(f"   when the owner came, node1's jobs ran on {owner.where_at_arrival}")
-    return makespan, owner.guests_left_s
+    return makespan, owner.guests_left_s, owner.came
 
 
 class WorkMeter:
@@ -173,30 +176,44 @@ def main() -> None:
         beds.append(off)
         off.wait_converged(30)
         # The fastest of three: other load on a shared machine only ever slows a calibration.
-        # Both CPUs are busy throughout (a job on each, then the owner's): calibrated so (a
-        # loop on this VM runs about half as fast while the other vCPU is busy, see calibrate).
-        per_s_busy = max(calibrate(off, 1.0, busy=(2,)) for _ in range(3))
         per_s = max(calibrate(off, 1.0) for _ in range(3))
-        print(f"   loop per second: {per_s} alone, {per_s_busy} with the other CPU busy")
-        jobs = [(0.0, int(args.unit_s * per_s_busy))] * 2
-        t_off, _ = with_owner(off, args, False, lambda: run_mosrun(off, jobs))
+        jobs = [(0.0, int(args.unit_s * per_s))] * 2
+        t_off, _, _ = with_owner(off, args, False, lambda: run_mosrun(off, jobs))
         off.down()
         on = TestBed.up(nodes=2, name="bowon", extra_args=ref)
         beds.append(on)
         on.wait_converged(30)
         print(f"   speeds measured: {speeds(on)}")
-        t_on, left = with_owner(on, args, True, lambda: run_mosrun(on, jobs))
+        watch = JobWatch(on)
+        watch.start()
+        t_on, left, came = with_owner(on, args, True, lambda: run_mosrun(on, jobs))
+        watch.stop()
+        sim_in = arrivals_and_works(watch.rows, 2)
+        # Once the guest has left, both jobs run on node1's one CPU.
+        cpu_got = cpu_share(watch.rows, came - watch.t0 + left, 2, 1.0) if left == left else NAN
         ready = sshd_ready(on, fresh(workdir))
         t_par = NAN
         if ready is None:
             print("GNU parallel skipped: apt-get install parallel openssh-server")
         else:
             key, daemons = ready
-            t_par, _ = with_owner(on, args, False, lambda: run_parallel(on, jobs, key))
+            t_par, _, _ = with_owner(on, args, False, lambda: run_parallel(on, jobs, key))
         bound = lower_bound(
             [NodeSpec(), NodeSpec()],
             [JobSpec(0, args.unit_s)] * 2,
             [OwnerLoad(1, args.unit_s / 3)],
+        )
+        # For the simulator (bench.sim_calibration): the pymosix run's jobs as they ran (see
+        # bench._jobwatch) and its makespan over the bound of the work they did.
+        arrivals, works = sim_in if sim_in is not None else ([], [])
+        bound_work = (
+            lower_bound(
+                [NodeSpec(), NodeSpec()],
+                [JobSpec(0, w) for w in works],
+                [OwnerLoad(1, args.unit_s / 3)],
+            )
+            if works
+            else NAN
         )
         rows.append(
             {
@@ -209,6 +226,11 @@ def main() -> None:
                 "guests_left_s": left,
                 "speeds": "",
                 "fast_node_share": NAN,
+                "bound_work_s": bound_work,
+                "pymosix_work": t_on / bound_work,
+                "arrivals_s": " ".join(f"{a:.2f}" for a in arrivals),
+                "works_s": " ".join(f"{w:.2f}" for w in works),
+                "cpu_share": cpu_got,
             }
         )
         print(
@@ -266,6 +288,11 @@ def main() -> None:
                 "guests_left_s": NAN,
                 "speeds": " ".join(f"{n:#x}={s}" for n, s in sorted(measured.items())),
                 "fast_node_share": fast_share,
+                "bound_work_s": NAN,
+                "pymosix_work": NAN,
+                "arrivals_s": "",
+                "works_s": "",
+                "cpu_share": NAN,
             }
         )
         print(
