@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
 from tests.kernel.jobs import Job, MakeBed
-from tests.kernel.test_reliability import BIG, _copies
+from tests.kernel.test_reliability import BIG, _copies, _counts_on, _guest_pids
 
 pytestmark = pytest.mark.kernel
 
@@ -190,3 +191,56 @@ def test_a_job_whose_agent_died_moving_it_is_not_adopted_and_no_copy_runs(
     assert b"the agent died while it moved the job" in job.proc.stderr.read()
     wait_until("no copy anywhere", lambda: not _copies(token), 20)
     wait_until("no holder left", lambda: not _holders(bed, 1), 10)
+
+
+def test_a_move_given_up_before_home_restarted_never_commits_after(
+    make_bed: MakeBed, jobs: list[Job]
+) -> None:
+    """The soak's double (seed 12, moves 141 and 218): the target's agent frozen mid-move, the
+    source asks home and hears the move aborted, home's agent restarts, and then the target
+    wakes, restores and asks to commit. The new agent never saw that move start: it refuses,
+    the copy there dies, and the job goes on at home alone, counting once."""
+    bed = make_bed(2)
+    token = f"pmx-restart-{secrets.token_hex(4)}"
+    job = Job(bed, 1, ["python3", "-c", COUNT, token])
+    jobs.append(job)
+    job.counts(2)
+    bed.set_faults(1, "delay DONE 2\n")  # the target has the pages, then is frozen, then DONE
+    agent2 = bed.node(2).agent_pid
+    move = bed.popen(
+        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stopped = False
+    try:
+        wait_until(
+            "pages arriving on node2",
+            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
+            30.0,
+            poll_s=0.005,
+        )
+        # Into the 2 s the source holds DONE back: the small job's pages are all there (a stop
+        # while they still come fails the move cleanly, which is not this case).
+        time.sleep(0.8)
+        os.kill(agent2, signal.SIGSTOP)
+        stopped = True
+        move.communicate(timeout=60)
+        assert move.returncode != 0, "the move is given up while the target sleeps"
+        bed.set_faults(1, "")
+        _restart(bed, 1)
+        _counts_on(job, 3)
+    finally:
+        if stopped:
+            os.kill(agent2, signal.SIGCONT)
+        if move.poll() is None:
+            move.kill()
+        move.wait()
+    log1 = bed.node(1).log
+    wait_until(
+        "home refusing the woken target's commit",
+        lambda: "refused the late commit" in log1.read_text(),
+        30,
+    )
+    wait_until("no guest on node 2", lambda: not _guest_pids(bed, 2, job.pid), 20)
+    assert len(_copies(token)) == 1
+    assert job.node() == 0x640B
+    _counts_on(job, 3)

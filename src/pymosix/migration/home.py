@@ -358,6 +358,13 @@ class HomeJob:
         first = self.arbiter.state(move) == S.UNDECIDED
         if not self.keeper.may_commit():
             self.arbiter.ask(move)  # its host was given up: the job runs elsewhere, or nowhere
+        elif first and move != self.pending_move:
+            # A move this agent never saw start (every move PAUSEs home first): one an earlier
+            # agent here may have given up already, its source going on with the job. It
+            # commits nothing (the soak: a target frozen mid-move, home restarted, the target
+            # woke and committed beside the running original); its source, if it still waits,
+            # asks and hears it aborted.
+            self.arbiter.ask(move)
         if not self.arbiter.attach(move):
             log.warning("job %d: refused the late commit of move %s", self.meta.home_pid, move)
             return False
