@@ -40,6 +40,21 @@ def _holders(bed: TestBed, node: int) -> list[Path]:
     return sorted((Path(bed.node(node).dir) / "state" / "jobs").glob("hold-*.sock"))
 
 
+def _migrate_to_node2(bed: TestBed, job: Job) -> subprocess.Popen[bytes]:
+    return bed.popen(
+        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _pages_on_node2(bed: TestBed) -> None:
+    wait_until(
+        "pages arriving on node2",
+        lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
+        30.0,
+        poll_s=0.005,
+    )
+
+
 def _restart(bed: TestBed, node: int) -> None:
     """kill -9 of the agent, then a new one, as systemd's Restart= does."""
     bed.kill_agent(node)
@@ -169,16 +184,9 @@ def test_a_job_whose_agent_died_moving_it_is_not_adopted_and_no_copy_runs(
     # The target holds its answer back, so the kill below lands before the move can commit
     # (a fast machine had it committed by the time the pages were seen).
     bed.set_faults(2, "delay RESTORED 5 once\n")
-    move = bed.popen(
-        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    move = _migrate_to_node2(bed, job)
     try:
-        wait_until(
-            "pages arriving on node2",
-            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
-            30.0,
-            poll_s=0.005,
-        )
+        _pages_on_node2(bed)
         bed.kill_agent(1)
         move.communicate(timeout=60)
     finally:
@@ -207,17 +215,10 @@ def test_a_move_given_up_before_home_restarted_never_commits_after(
     job.counts(2)
     bed.set_faults(1, "delay DONE 2\n")  # the target has the pages, then is frozen, then DONE
     agent2 = bed.node(2).agent_pid
-    move = bed.popen(
-        1, ["migrate", str(job.pid), "0x640c"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    move = _migrate_to_node2(bed, job)
     stopped = False
     try:
-        wait_until(
-            "pages arriving on node2",
-            lambda: bool(bed.glob(2, "/dev/shm/pymosix-640c-*/in-*/pages-*.img")),
-            30.0,
-            poll_s=0.005,
-        )
+        _pages_on_node2(bed)
         # Into the 2 s the source holds DONE back: the small job's pages are all there (a stop
         # while they still come fails the move cleanly, which is not this case).
         time.sleep(0.8)
