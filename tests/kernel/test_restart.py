@@ -59,6 +59,7 @@ def _restart(bed: TestBed, node: int) -> None:
     """kill -9 of the agent, then a new one, as systemd's Restart= does."""
     bed.kill_agent(node)
     bed.start_agent(node)
+    bed.wait_converged(30)  # a move right after needs the new agent to know the other nodes
 
 
 def test_a_users_job_at_home_outlives_its_agent_moves_and_exits_with_its_status(
