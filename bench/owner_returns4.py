@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 from bench._common import print_table, write_csv
+from bench._jobwatch import arrivals_and_works, cpu_share
 from bench.balance import calibrate, run_mosrun
 from bench.time_to_balance import keep_logs, move_times
 from pymosix.sim import scenarios
@@ -50,19 +51,6 @@ HOG = ["perl", "-e", "while(1){}"]
 #: free nodes got 49 to 71 % of their quota: docs/simulator.md).
 NODES, RATIO = 4, 0.4
 OWNED = (3, 4)
-
-
-def quota_share(timeline: list[dict[str, Any]], after_s: float) -> float:
-    """CPU the jobs got from `after_s` to the first job's end, over what the quotas of the two
-    free nodes allow (2 * RATIO); NaN without such a window in the timeline."""
-    by_t: dict[float, dict[int, float]] = {}
-    for r in timeline:
-        by_t.setdefault(r["t_s"], {})[r["job"]] = float(r["cpu_s"])
-    ts = sorted(t for t, jobs in by_t.items() if t >= after_s and len(jobs) == NODES)
-    if len(ts) < 2 or set(by_t[ts[0]]) != set(by_t[ts[-1]]):
-        return float("nan")
-    used = sum(by_t[ts[-1]][j] - by_t[ts[0]][j] for j in by_t[ts[0]])
-    return used / (ts[-1] - ts[0]) / (2 * RATIO)
 
 
 def quota_bed() -> TestBed:
@@ -197,18 +185,13 @@ def main() -> None:
     # 20 % (8.0 to 9.7 s for the same loop), which would set the bound and the simulator on other
     # jobs than the bed ran. `ratio` stays over the calibrated bound; `ratio_work` is over the
     # bound of the work done, for both.
-    seen: dict[int, float] = {}
-    used: dict[int, float] = {}
-    for r in timeline:
-        seen.setdefault(r["job"], r["t_s"])
-        used[r["job"]] = float(r["cpu_s"])
     # Last, its nodes have the CPU the bed's free nodes got once the guests had left (0.91 to
     # 0.95 of their quotas: the agents and the bench's polling share the CPUs), not all of it.
-    share = quota_share(timeline, left["came_s"] + left["s"]) if "s" in left else float("nan")
+    after = left["came_s"] + left["s"] if "s" in left else float("inf")
+    share = cpu_share(timeline, after, NODES, 2 * RATIO)
     sim_speed = round(speed * share) if share == share else speed
-    order = sorted(seen, key=seen.__getitem__)[:NODES]
-    arrivals = [seen[j] for j in order] if len(order) == NODES else None
-    works = [used[j] for j in order] if len(order) == NODES else None
+    ran = arrivals_and_works(timeline, NODES)
+    arrivals, works = ran if ran is not None else (None, None)
     sim = scenarios.owner_returns(
         nodes=NODES,
         work_s=args.unit_s * RATIO,
