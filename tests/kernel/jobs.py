@@ -38,7 +38,9 @@ class Job:
         user: str | None = None,
         cwd: str | None = None,
         wrapper: tuple[str, ...] = (),
+        pumped: bool = True,
     ) -> None:
+        """pumped=False: mosrun's output is left unread (it backs up to the job) until pump()."""
         self.bed = bed
         self.home = node
         self.user = user
@@ -54,12 +56,18 @@ class Job:
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.out = bytearray()
         self._t = threading.Thread(target=self._pump, daemon=True)
-        self._t.start()
+        if pumped:
+            self._t.start()
         try:
             wait_until("the job to start", lambda: self.row() is not None, 10.0)
         except BaseException:
             self.finish()
             raise
+
+    def pump(self) -> None:
+        """Read mosrun's output from now on (a job made with pumped=False)."""
+        if self._t.ident is None:
+            self._t.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -111,7 +119,8 @@ class Job:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=20)
-        self._t.join(timeout=5)
+        if self._t.is_alive():
+            self._t.join(timeout=5)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()

@@ -53,6 +53,7 @@ from pymosix.control_client import ControlClient, call
 from pymosix.errors import PymosixError
 from pymosix.ids import HOME, NodeId, describe_node, expand_node_list, resolve_node
 from pymosix.migration.stdio import (
+    ACK_BYTES,
     CHUNK,
     CTRL,
     STDIO_FRAMES,
@@ -210,7 +211,7 @@ class Deputy:
     """The job's stand-in at home: relays until the job's exit status arrives. After the `run`
     reply, the connection carries binary frames (migration/stdio.py), not JSON lines."""
 
-    def __init__(self, client: ControlClient) -> None:
+    def __init__(self, client: ControlClient, acks: bool = False) -> None:
         self.client = client
         self.sock = client.sock
         self.sock.settimeout(None)
@@ -226,6 +227,11 @@ class Deputy:
         #: The first ending signal forwarded (a second one ends mosrun).
         self.ending: int | None = None
         self.stdin_open = True
+        #: Bytes of stdout and stderr received in whole frames (written out), and as of the
+        #: last ack: a restarted agent's job host sends again what lies beyond (outlog.py).
+        self.got = {1: 0, 2: 0}
+        self.acked = 0
+        self.acks = acks
 
     def _send(self, frame: bytes) -> None:
         # If the agent already closed, what it said before closing is still to be read.
@@ -290,8 +296,9 @@ class Deputy:
 
     def _reattach(self) -> bool:
         """The agent went (a crash, a restart): ask its next one, by this process's PID, for
-        the job back (docs/reliability.md). Output the dead agent had read and not sent, and a
-        frame it had begun, are lost."""
+        the job back (docs/reliability.md). It says how much output it has: a job away from
+        home is sent again what lies beyond (a frame the dead agent had begun, too); one at home
+        loses what the dead agent had read from its pipes and not sent."""
         self.sel.unregister(self.sock)
         self.sock.close()
         deadline = time.monotonic() + REATTACH_S
@@ -302,7 +309,9 @@ class Deputy:
                 time.sleep(0.2)
                 continue
             try:
-                client.send("reattach", stdin_eof=not self.stdin_open)
+                client.send(
+                    "reattach", stdin_eof=not self.stdin_open, got=[self.got[1], self.got[2]]
+                )
                 reply = client.receive()
             except (PymosixError, OSError):
                 reply = {}
@@ -311,6 +320,7 @@ class Deputy:
                 time.sleep(0.2)  # not yet adopted (the agent is starting), or never
                 continue
             self.client, self.sock = client, client.sock
+            self.acks = bool(reply.get("acks"))
             self.sock.settimeout(None)
             self.frames = FrameReader(TO_MOSRUN)
             self.early = bytes(client._buf)
@@ -352,6 +362,7 @@ class Deputy:
             for kind, fd, payload in self.frames.frames():
                 if kind != CTRL:
                     _write_all(fd, payload)
+                    self.got[fd] += len(payload)
                     continue
                 code = self._control(parse_ctrl(payload))
                 if code is not None:
@@ -359,6 +370,9 @@ class Deputy:
         except StdioError as e:
             print(f"mosrun: the agent sent a bad frame ({e}); the job is killed", file=sys.stderr)
             return 255
+        if self.acks and self.got[1] + self.got[2] - self.acked >= ACK_BYTES:
+            self.acked = self.got[1] + self.got[2]
+            self.send({"t": "ack", "o": [self.got[1], self.got[2]]})
         return None
 
     def _control(self, msg: dict[str, Any]) -> int | None:
@@ -367,6 +381,13 @@ class Deputy:
             return exit_status(msg)
         if t in ("error", "note"):
             print(f"mosrun: {msg.get('message')}", file=sys.stderr)
+        elif t == "lost" and msg.get("fd") in self.got and isinstance(msg.get("n"), int):
+            # Bytes of the stream that never came (an agent died holding them): counted as had,
+            # so that the positions stay the stream's, and said.
+            fd, n = int(msg["fd"]), int(msg["n"])
+            self.got[fd] += n
+            name = "stdout" if fd == 1 else "stderr"
+            print(f"mosrun: {n} bytes of the job's {name} were lost on the way", file=sys.stderr)
         return None
 
 
@@ -427,7 +448,7 @@ def run(args: list[str]) -> int:
         print(f"mosrun: {e}", file=sys.stderr)
         return 1
     try:
-        return Deputy(client).run()
+        return Deputy(client, acks=bool(started.get("acks"))).run()
     except KeyboardInterrupt:
         return 130
 

@@ -123,13 +123,29 @@ class Cursor:
     sent: dict[int, int] = field(default_factory=dict)
     pos: dict[int, int] = field(default_factory=dict)
 
-    def take(self, fd: int, data: bytes | memoryview) -> bytes | memoryview:
-        """What of `data`, written by the job on `fd`, goes to mosrun (a slice: no copy)."""
-        sent, pos = self.sent.get(fd, 0), self.pos.get(fd, self.sent.get(fd, 0))
+    def take(self, fd: int, data: bytes | memoryview, at: int | None = None) -> bytes | memoryview:
+        """What of `data`, written by the job on `fd` from position `at` (the frame's; else
+        where the last one ended), goes to mosrun (a slice: no copy)."""
+        sent = self.sent.get(fd, 0)
+        pos = self.pos.get(fd, sent) if at is None else at
         out = fresh(sent, pos, data)
         self.pos[fd] = pos + len(data)
-        self.sent[fd] = sent + len(out)
+        # A position, not a count: past a gap (lacks) it is where mosrun's stream stands.
+        self.sent[fd] = max(sent, pos + len(data))
         return out
+
+    def lacks(self, fd: int, at: int) -> int:
+        """Bytes before position `at` that mosrun never had (lost on the way: a gap)."""
+        return max(0, at - self.sent.get(fd, 0))
+
+    def next_pos(self) -> list[int]:
+        """Where the job's next byte on each of stdout, stderr falls (outlog.to_wire's order)."""
+        return [self.pos.get(fd, self.sent.get(fd, 0)) for fd in (1, 2)]
+
+    def received(self, got: dict[int, int]) -> None:
+        """mosrun has `got[fd]` bytes (its reattach, after home's agent restarted)."""
+        self.sent = dict(got)
+        self.pos = dict(got)
 
     def rewind(self, offsets: dict[int, int]) -> None:
         """The job goes on from a checkpoint whose offsets these are (none: nothing yet)."""

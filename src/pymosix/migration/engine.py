@@ -259,6 +259,7 @@ class MigrationEngine:
         spent = checkpoint.resume_meta(job.meta, held)
         replay = job.stdin.since(held.stdin_at)  # what it read after the checkpoint, again
         hosted = await restore_job(self, job.meta, held.path, held.keys, replay, job.stdin_eof)
+        hosted.outlog.start_at(held.offsets, keep=False)  # it writes again from there
         hosted.link, home_end, hosted.in_end = *LocalLink.pair(), job.stdin.total
         self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
         with contextlib.suppress(OSError):
@@ -346,7 +347,7 @@ class MigrationEngine:
         log.info("job %d started for uid %d: %s", home_pid, conn.peer.uid, " ".join(argv)[:200])
         # The last JSON line on this connection: stdio frames follow (migration/stdio.py).
         started = {"t": "started", "home_pid": home_pid, "node": self.agent.node_id}
-        await conn.send({"ok": True, **started, "stdio": STDIO_FRAMES})
+        await conn.send({"ok": True, **started, "stdio": STDIO_FRAMES, "acks": True})
         serving = asyncio.create_task(home.serve())
         target = await self._initial_target(req, meta)
         if target is not None and target != self.agent.node_id:

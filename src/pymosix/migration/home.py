@@ -21,6 +21,7 @@ from pymosix.migration.faults import Faults
 from pymosix.migration.handover import serve_left
 from pymosix.migration.lifecycle import Arbiter, JobMeta, Keeper, S
 from pymosix.migration.link import Frame, Link
+from pymosix.migration.outlog import positions, to_wire
 from pymosix.migration.stdio import (
     DATA,
     HEAD,
@@ -99,6 +100,9 @@ class HomeJob:
     stdin: InputLog = field(default_factory=InputLog)
     _attached: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: mosrun's last count of output received, to pass on to the job's host (outlog.py).
+    _ack: list[int] | None = None
+    _ack_ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: Links of nodes the job left, served until they close (migration/handover.py).
     _left: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -113,6 +117,7 @@ class HomeJob:
         from_user = asyncio.create_task(self._from_user())
         from_host = asyncio.create_task(self._from_host())
         beats = asyncio.create_task(self._beats())
+        acks = asyncio.create_task(self._acks())
         try:
             done, _ = await asyncio.wait(
                 {from_user, from_host}, return_when=asyncio.FIRST_COMPLETED
@@ -127,9 +132,9 @@ class HomeJob:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._exited.wait(), KILL_WAIT_S)
         finally:
-            for t in (from_user, from_host, beats, *self._left):
+            for t in (from_user, from_host, beats, acks, *self._left):
                 t.cancel()
-            for t in (from_user, from_host, beats, *self._left):
+            for t in (from_user, from_host, beats, acks, *self._left):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             self.link.close()
@@ -189,6 +194,11 @@ class HomeJob:
             if kind_t == "eof":
                 self.stdin_eof = True
                 await self.to_host(Frame.EOF, {})
+            elif kind_t == "ack":
+                got = positions(msg.get("o"))
+                if got is not None:  # passed on by _acks, the latest only: it never waits
+                    self._ack = to_wire(got)
+                    self._ack_ready.set()
             elif kind_t == "sig":
                 sig = msg.get("n")
                 if isinstance(sig, int) and sig in signal.valid_signals():
@@ -197,6 +207,14 @@ class HomeJob:
                     log.warning("job %d: mosrun sent no valid signal: %r", self.meta.home_pid, sig)
             else:
                 log.warning("job %d: unknown message from mosrun ignored", self.meta.home_pid)
+
+    async def _acks(self) -> None:
+        """mosrun's counts to the job's host, which forgets what mosrun has (outlog.py)."""
+        while True:
+            await self._ack_ready.wait()
+            self._ack_ready.clear()
+            with contextlib.suppress(EOFError):
+                await self.link.send(Frame.OUT_ACK, {"o": self._ack})
 
     async def _beats(self) -> None:
         while True:
@@ -306,8 +324,13 @@ class HomeJob:
                     self.stdin.trim(self.checkpoints.held.stdin_at)
                 continue
             if kind == Frame.OUT:
-                fd, raw = (2 if p.get("fd") == 2 else 1), p["data"]
-                data = self.out.take(fd, raw)
+                fd, raw, at = (2 if p.get("fd") == 2 else 1), p["data"], p.get("at")
+                at = at if isinstance(at, int) and at >= 0 else None
+                if at is not None and (gap := self.out.lacks(fd, at)):
+                    # Lost on the way (an agent that died holding it): said, never hidden.
+                    log.warning("job %d: %d bytes of output lost", self.meta.home_pid, gap)
+                    await self.tell({"t": "lost", "fd": fd, "n": gap})
+                data = self.out.take(fd, raw, at)
                 if len(data) < len(raw):
                     log.info(
                         "job %d: dropped %d bytes it wrote again",
@@ -370,7 +393,7 @@ class HomeJob:
             return False
         if await self.engine.faults.passes("COMMITTED"):
             with contextlib.suppress(EOFError):
-                await link.send(Frame.COMMITTED, {})
+                await link.send(Frame.COMMITTED, {"out_at": self.out.next_pos()})
         else:
             link.close()  # lost with its connection, as TCP loses a frame
         old, self.link, self.node = self.link, link, node
@@ -405,7 +428,9 @@ class HomeJob:
             log.warning("job %d: refused node %d's rejoin", self.meta.home_pid, node)
             return False
         try:
-            await link.send(Frame.COMMITTED, {"in_at": self.stdin.total})
+            await link.send(
+                Frame.COMMITTED, {"in_at": self.stdin.total, "out_at": self.out.next_pos()}
+            )
         except EOFError:
             return False
         old, self.link = self.link, link

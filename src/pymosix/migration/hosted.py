@@ -31,6 +31,7 @@ from pymosix.migration.lifecycle import JobMeta, Machine
 from pymosix.migration.link import Frame, Link
 from pymosix.migration.moveout import close_channel, reap
 from pymosix.migration.moves import MoveStats
+from pymosix.migration.outlog import OutLog, positions
 from pymosix.migration.stdio import CHUNK as STDIO_CHUNK
 
 
@@ -173,6 +174,11 @@ class HostedJob:
     postcopy: bool = False
     #: The job's parent when it is not this agent (a job started here: migration/holder.py).
     holder: Holder | None = None
+    #: Where its output stands in the stream mosrun receives, and what of it went home and is
+    #: not yet confirmed by mosrun: sent again if home's agent restarts (outlog.py).
+    outlog: OutLog = field(default_factory=OutLog)
+    #: Frames to send home before anything queued (outlog.resend_from).
+    _resend: list[tuple[int, dict[str, Any]] | None] = field(default_factory=list)
 
     @classmethod
     def from_holder(
@@ -258,7 +264,8 @@ class HostedJob:
         self._queue_out(job_fd, data)
 
     def _queue_out(self, job_fd: int, data: bytes) -> None:
-        self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data}))
+        at = self.outlog.stamp(job_fd, len(data))
+        self._outq.put_nowait((Frame.OUT, {"fd": job_fd, "data": data, "at": at}))
         self._out_bytes += len(data)
         if self._out_bytes >= OUT_HIGH and not self._out_held:
             self._out_held = True
@@ -272,9 +279,20 @@ class HostedJob:
                 self._add_output_readers()
 
     async def _sender(self) -> None:
-        """All frames home go through one queue, so their order is the order they were made."""
-        while (item := self._unsent or await self._outq.get()) is not None:
-            self._unsent = None
+        """All frames home go through one queue, so their order is the order they were made;
+        frames sent again after a relink go first."""
+        while True:
+            if self._resend:
+                item: tuple[int, dict[str, Any]] | None = self._resend.pop(0)
+            elif self._unsent is not None:
+                item, self._unsent = self._unsent, None
+            else:
+                item = await self._outq.get()
+                if self._resend:  # a relink came while this waited: its frames go first
+                    self._resend.append(item)
+                    continue
+            if item is None:
+                break
             self._sending = True
             try:
                 await self.link.send(*item)
@@ -284,7 +302,11 @@ class HostedJob:
             finally:
                 self._sending = False
             if item[0] == Frame.OUT:
-                self._sent_out(len(item[1]["data"]))
+                p = item[1]
+                self.outlog.sent(p["fd"], p["at"], p["data"])
+                if p.get("again"):
+                    continue  # sent again: it was counted out of the queue the first time
+                self._sent_out(len(p["data"]))
             self._sent.set()
         # None: nothing more will come from here (the job exited or moved on).
         if self.state != "exited":
@@ -369,6 +391,10 @@ class HostedJob:
                 self._paused_ack.set()
             elif kind == Frame.FLUSH_ACK:
                 self._flush_ack.set()
+            elif kind == Frame.OUT_ACK:
+                got = positions(p.get("o"))
+                if got is not None:
+                    self.outlog.confirmed(got)
             elif kind == Frame.VERDICT:
                 v = self._verdict
                 if v is not None and not v.done() and p.get("move") == self.move_id:
@@ -385,7 +411,30 @@ class HostedJob:
         self.link = link
         if self._tasks and self._tasks[0].done():
             self._tasks[0] = asyncio.create_task(self._sender())
+        elif self._resend:
+            self._outq.put_nowait((Frame.BEAT, {}))  # wakes the sender: the resend goes first
         return True
+
+    def resend_from(self, wire: object) -> None:
+        """Home's next agent says what mosrun has (`[stdout, stderr]`): what it lacks of what
+        went to the dead agent is sent again, first (outlog.py)."""
+        got = positions(wire)
+        if got is None:
+            return  # a home that keeps no count (an older agent): as before, it may lack some
+        frames, missing = self.outlog.resend_from(got)
+        self._resend = [
+            (Frame.OUT, {"fd": fd, "data": data, "at": at, "again": True})
+            for fd, at, data in frames
+        ]
+        if missing:
+            log.warning("job %d: %d bytes of output were not kept", self.meta.home_pid, missing)
+
+    def output_from(self, wire: object, home_is_here: bool) -> None:
+        """Home says where the job's output stands (a commit or a rejoin: COMMITTED's out_at);
+        what goes from here is kept until mosrun has it, unless home is this node."""
+        pos = positions(wire)
+        if pos is not None:
+            self.outlog.start_at(pos, keep=not home_is_here)
 
     async def _move_for_home(self, target: int) -> None:
         try:

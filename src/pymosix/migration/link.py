@@ -45,6 +45,8 @@ class Frame(IntEnum):
     RESUME = 15
     FLUSH_ACK = 16
     MOVE = 17
+    #: home -> host: mosrun has the job's output up to {o: [stdout, stderr]} (outlog.py).
+    OUT_ACK = 18
     ATTACH = 20
     MIGRATE = 21
     FILE = 22

@@ -180,11 +180,12 @@ async def commit(engine: MigrationEngine, job: HostedJob, move: str) -> str | No
         try:
             link = await asyncio.wait_for(_link_home(engine, job, move), RETRY_S * 2)
             kind: int = Frame.KILL
+            said: dict[str, Any] = {}
             if link is not None:
                 try:
                     kind = Frame.BEAT
                     while kind == Frame.BEAT:
-                        kind, _ = await asyncio.wait_for(link.recv(), RETRY_S * 2)
+                        kind, said = await asyncio.wait_for(link.recv(), RETRY_S * 2)
                 except BaseException:
                     link.close()
                     raise
@@ -195,6 +196,7 @@ async def commit(engine: MigrationEngine, job: HostedJob, move: str) -> str | No
         if kind == Frame.COMMITTED and link is not None:
             m.step(E.HOME_COMMITTED, time.monotonic())
             job.link = link
+            job.output_from(said.get("out_at"), job.meta.home_node == engine.agent.node_id)
             return None
         if link is not None:
             link.close()

@@ -74,7 +74,7 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
     # Home may restore a checkpointed job once it gives this host up (REJOIN_S): until home
     # says yes, the job must not run (its holder kept it running until now, < GUEST_ALONE_S).
     fenced = _fence(holder.pid) if meta.checkpoint_s > 0 else None
-    link, in_at, why = await _rejoin_home(engine, meta)
+    link, said, why = await _rejoin_home(engine, meta)
     if link is not None and fenced is not None:
         procstate.resume(holder.pid, fenced)
     if link is None:
@@ -84,7 +84,10 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
             with contextlib.suppress(OSError):
                 os.close(fd)
         return False
-    hosted.link, hosted.in_end = link, in_at
+    hosted.link, hosted.in_end = link, int(said.get("in_at") or 0)
+    # What the dead agent had read from its pipes and not sent is lost: its next byte is
+    # placed where home's stream stands.
+    hosted.output_from(said.get("out_at"), home_is_here=False)
     engine.add_hosted(hosted)
     log.info("guest %d of node %d taken back (pid %d here)", home_pid, home_node, holder.pid)
     return True
@@ -110,18 +113,21 @@ async def home_again(engine: MigrationEngine, job: HostedJob) -> Link | None:
     if job.meta.home_node == engine.agent.node_id:
         return None
     log.info("job %d: its link home closed; asking home to take it back", job.meta.home_pid)
-    link, in_at, why = await _rejoin_home(engine, job.meta)
+    link, said, why = await _rejoin_home(engine, job.meta)
     if link is None:
         log.warning("job %d: %s", job.meta.home_pid, why)
         return None
-    job.in_end = in_at
+    job.in_end = int(said.get("in_at") or 0)
+    job.resend_from(said.get("out_at"))  # what the dead agent had not passed on to mosrun
     log.info("job %d: linked to its home again", job.meta.home_pid)
     return link
 
 
-async def _rejoin_home(engine: MigrationEngine, meta: JobMeta) -> tuple[Link | None, int, str]:
-    """A link home on which home said yes to the rejoin, with home's count of stdin bytes; or
-    None and why not."""
+async def _rejoin_home(
+    engine: MigrationEngine, meta: JobMeta
+) -> tuple[Link | None, dict[str, Any], str]:
+    """A link home on which home said yes to the rejoin, with what home said (its count of
+    stdin bytes, in_at; where the job's output stands, out_at); or None and why not."""
     deadline = time.monotonic() + TRY_S
     why = "its home did not answer"
     while time.monotonic() < deadline:
@@ -159,7 +165,7 @@ async def _rejoin_home(engine: MigrationEngine, meta: JobMeta) -> tuple[Link | N
             why = f"its home did not answer: {e or type(e).__name__}"
             continue
         if kind == Frame.COMMITTED:
-            return link, int(p.get("in_at") or 0), ""
+            return link, p, ""
         link.close()
-        return None, 0, "its home had given it up"
-    return None, 0, why
+        return None, {}, "its home had given it up"
+    return None, {}, why

@@ -30,6 +30,7 @@ from pymosix.migration.hosted import HostedJob
 from pymosix.migration.lifecycle import JobMeta
 from pymosix.migration.link import Frame, Link, LocalLink
 from pymosix.migration.orphans import start_time
+from pymosix.migration.outlog import positions, to_wire
 from pymosix.migration.rejoin import rejoin_guest
 from pymosix.migration.spawn import Hold, JobSpec, SpawnError, start_job
 from pymosix.migration.stdio import STDIO_FRAMES, ctrl_frame
@@ -183,8 +184,10 @@ class Restarts:
     async def _op_reattach(
         self, req: dict[str, Any], conn: ControlConnection
     ) -> dict[str, Any] | None:
+        # What mosrun has of the job's output: the stream goes on from there (outlog.py).
+        got = positions(req.get("got")) or {1: 0, 2: 0}
         if conn.peer.pid in self.away:
-            await self._reattach_away(conn)
+            await self._reattach_away(conn, got)
             return None
         rec = self.pending.get(conn.peer.pid)
         why = reattach_refusal(rec, conn.peer.uid, start_time(conn.peer.pid))
@@ -200,10 +203,10 @@ class Restarts:
         if holder.was_moving:
             await self._lost_in_a_move(rec, holder, conn)
         else:
-            await self._serve(rec, holder, conn, bool(req.get("stdin_eof")))
+            await self._serve(rec, holder, conn, bool(req.get("stdin_eof")), got)
         return None
 
-    async def _reattach_away(self, conn: ControlConnection) -> None:
+    async def _reattach_away(self, conn: ControlConnection, got: dict[int, int]) -> None:
         """mosrun of a job away from home: the job's new deputy once its host rejoins."""
         waiting = self.away[conn.peer.pid]
         why = reattach_refusal(waiting.rec, conn.peer.uid, start_time(conn.peer.pid))
@@ -213,20 +216,24 @@ class Restarts:
             raise PymosixError(why)
         waiting.claimed = True  # stays listed until its host rejoins (offer_link finds it)
         meta, node = JobMeta.from_wire(waiting.rec["meta"]), int(waiting.rec["node"])
-        await conn.send({"ok": True, "t": "reattached", "node": node, "stdio": STDIO_FRAMES})
+        await conn.send(
+            {"ok": True, "t": "reattached", "node": node, "stdio": STDIO_FRAMES, "acks": True}
+        )
         # mosrun waits 5 s for this reply: the host may take longer (its frames wait meanwhile).
-        got = await waiting.wait_link()
+        linked = await waiting.wait_link()
         self.away.pop(conn.peer.pid, None)
-        if got is None:
+        if linked is None:
             log.error("job %d: its host node %d did not come back", meta.home_pid, node)
             waiting.drop()
             await _tell_lost(conn, f"job lost with node {format_node_id(node)}")
             return
-        link, node = got
+        link, node = linked
         engine = self.engine
         home = HomeJob(engine, meta, conn, link, node, user=user_name(meta.uid))
+        home.out.received(got)
         with contextlib.suppress(EOFError):  # the host went meanwhile: serve() says so
-            await link.send(Frame.COMMITTED, {"in_at": 0})
+            # The host sends again what mosrun lacks of what went to the dead agent.
+            await link.send(Frame.COMMITTED, {"in_at": 0, "out_at": to_wire(got)})
         engine.home_jobs[meta.home_pid] = home
         engine.placed(home)
         log.info("job %d (on node %d) re-attached to its mosrun", meta.home_pid, node)
@@ -247,18 +254,29 @@ class Restarts:
         await _tell_lost(conn, "the agent died while it moved the job: the job is gone")
 
     async def _serve(
-        self, rec: dict[str, Any], holder: Holder, conn: ControlConnection, stdin_eof: bool
+        self,
+        rec: dict[str, Any],
+        holder: Holder,
+        conn: ControlConnection,
+        stdin_eof: bool,
+        got: dict[int, int],
     ) -> None:
         engine, me = self.engine, self.engine.agent.node_id
         meta = JobMeta.from_wire(rec["meta"])
         host_end, home_end = LocalLink.pair()
         hosted = HostedJob.from_holder(engine, meta, holder, host_end, stdin_eof)
         home = HomeJob(engine, meta, conn, home_end, me, user=user_name(meta.uid))
+        # What the dead agent had read from the pipes and not sent is lost: the stream goes on
+        # from what mosrun has.
+        hosted.outlog.start_at(got, keep=False)
+        home.out.received(got)
         home.stdin_eof = hosted.stdin_eof
         engine.home_jobs[meta.home_pid] = home
         engine.add_hosted(hosted)
         log.info("job %d re-attached to its mosrun (pid %d here)", meta.home_pid, holder.pid)
-        await conn.send({"ok": True, "t": "reattached", "node": me, "stdio": STDIO_FRAMES})
+        await conn.send(
+            {"ok": True, "t": "reattached", "node": me, "stdio": STDIO_FRAMES, "acks": True}
+        )
         await home.serve()
 
 

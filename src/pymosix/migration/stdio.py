@@ -7,7 +7,8 @@ Each frame is a 6-byte head, then its payload::
   DATA  raw bytes, no encoding: fd 1 or 2 (the job's stdout, stderr) to mosrun, fd 0 (stdin)
         to the agent. An empty DATA frame is refused (stdin's end is a control message).
   CTRL  one JSON object with a string "t": to mosrun exit {code, signal}, error {message},
-        moved {node}; to the agent eof, sig {n}. fd is 0.
+        moved {node}; to the agent eof, sig {n}, ack {o: [stdout, stderr]} (the bytes mosrun
+        has received so far, every ACK_BYTES, when the agent's reply said "acks"). fd is 0.
 
 Base64 in JSON lines cost 20 times a pipe's time (issue 13); these frames cost a header. A frame
 longer than its kind allows, an unknown kind or fd, or a control payload that is not a small JSON
@@ -48,6 +49,9 @@ SOCKET_BYTES = 4 * 1024 * 1024
 SOCKET_QUEUE = 2 * 1024 * 1024
 #: The job's stdout/stderr pipes hold this much (Linux's pipe-max-size default): fewer wakeups.
 PIPE_BYTES = 1024 * 1024
+#: mosrun confirms what it received each time this much more came (migration/outlog.py): a
+#: job's host keeps at most about this much beyond what is in flight, per job.
+ACK_BYTES = 256 * 1024
 #: What mosrun may send (stdin), and what the agent may send (stdout, stderr).
 TO_AGENT = frozenset({0})
 TO_MOSRUN = frozenset({1, 2})
