@@ -45,6 +45,10 @@ BACKLOG = 128
 ACCEPT_BATCH = 64
 #: How often one kind of refusal is logged, at most.
 WARN_EVERY_S = 60.0
+#: A stopping agent waits this long for each connection's unsent bytes to go (a mosrun that
+#: does not read them holds them), then drops them: the jobs' output among them is kept for
+#: the next agent by position (migration/spool.py) and sent again.
+CLOSE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,7 @@ class ControlServer:
         self._handlers: dict[str, Handler] = {}
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._warned: dict[str, float] = {}
         #: Refusals not logged because one of their kind was logged within WARN_EVERY_S.
         self.unlogged = 0
@@ -289,6 +294,7 @@ class ControlServer:
                 loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners = []
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -359,7 +365,13 @@ class ControlServer:
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                    if self._stopping:
+                        try:
+                            await asyncio.wait_for(writer.wait_closed(), CLOSE_S)
+                        except TimeoutError:
+                            writer.transport.abort()
+                    else:
+                        await writer.wait_closed()
         finally:
             self.budget.close(peer.uid)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
@@ -124,3 +127,65 @@ class Job:
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
+
+
+#: Waits for a line on stdin, then writes BURST_LINES numbered lines of 100 bytes as fast as it
+#: can, then touches argv[1] and waits for SIGUSR1 (exit 7).
+BURST_LINES = 80_000
+BURST = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGUSR1, lambda *_: sys.exit(7))\n"
+    "sys.stdin.readline()\n"
+    f"for i in range(1, {BURST_LINES} + 1):\n"
+    "    sys.stdout.write(f'{i:09d} ' + 'x' * 89 + '\\n')\n"
+    "sys.stdout.flush()\n"
+    "open(sys.argv[1], 'w').close()\n"
+    "while True:\n"
+    "    time.sleep(1)\n"
+)
+
+
+def burst_job(bed: TestBed, user: str) -> tuple[Job, Path]:
+    """BURST at node1 as `user`, mosrun's output left unread; and the file it touches when done."""
+    marker = bed.shared_dir / f"pmx-burst-{secrets.token_hex(4)}"
+    argv = ["python3", "-c", BURST, str(marker)]
+    job = Job(bed, 1, argv, stdin=True, user=user, cwd=str(bed.shared_dir), pumped=False)
+    return job, marker
+
+
+def burst(job: Job, marker: Path) -> None:
+    """The job writes its 8 MB: it backs up from mosrun, through the agents, to the job."""
+    assert job.proc.stdin is not None
+    job.proc.stdin.write(b"go\n")
+    job.proc.stdin.flush()
+    wait_until("the job to have written it all", marker.exists, 60)
+
+
+def every_line_once(job: Job) -> bytes:
+    """Read mosrun's output from now on: every line once, in order, none missing, no gap said;
+    then the job ends (exit 7). mosrun's stderr."""
+    job.pump()
+    last = f"{BURST_LINES:09d} {'x' * 89}\n".encode()
+    try:
+        wait_until("the last line", lambda: job.out.endswith(last), 60)
+    except BaseException:
+        job.proc.kill()
+        assert job.proc.stderr is not None
+        err = job.proc.stderr.read()
+        job.finish()
+        tail = bytes(job.out[-120:])
+        log = job.bed.node(job.home).log.read_text().splitlines()[-15:]
+        raise AssertionError(
+            f"no last line: {len(job.out)} bytes, ending {tail!r}; mosrun exited "
+            f"{job.proc.returncode}: {err!r}; the home agent's log ends:\n" + "\n".join(log)
+        ) from None
+    job.proc.send_signal(signal.SIGUSR1)
+    assert job.proc.wait(timeout=20) == 7
+    assert job.proc.stderr is not None
+    err = job.proc.stderr.read()
+    job.finish()
+    numbers = [int(line.split()[0]) for line in bytes(job.out).splitlines()]
+    first_wrong = next((i for i, n in enumerate(numbers) if n != i + 1), None)
+    assert numbers == list(range(1, BURST_LINES + 1)), f"{len(numbers)} lines; {first_wrong=}"
+    assert b"lost" not in err
+    return err

@@ -15,7 +15,7 @@ import pytest
 
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
-from tests.kernel.jobs import Job, MakeBed
+from tests.kernel.jobs import Job, MakeBed, burst, burst_job, every_line_once
 from tests.kernel.test_reliability import BIG, _copies, _counts_on, _guest_pids
 
 pytestmark = pytest.mark.kernel
@@ -173,6 +173,22 @@ def test_a_job_at_home_outlives_a_stop_and_start_of_its_agent(
     job.proc.kill()
     wait_until("the job gone", lambda: not _copies(token), 15)
     wait_until("its holder gone", lambda: not _holders(bed, 1), 10)
+
+
+def test_a_stop_and_start_of_the_agent_loses_none_of_a_users_output_at_home(
+    make_bed: MakeBed, jobs: list[Job], user: str
+) -> None:
+    """systemctl restart while 8 MB of a job at home back up through its agent (mosrun's own
+    output not read): the stopping agent reads the job's pipes no more and hands what it read to
+    mosrun's socket before it goes; the next one reads on from there."""
+    bed = make_bed(1)
+    job, marker = burst_job(bed, user)
+    jobs.append(job)
+    burst(job, marker)
+    bed.stop_agent(1)
+    bed.start_agent(1)
+    err = every_line_once(job)
+    assert b"the agent restarted; the job goes on" in err
 
 
 def test_a_job_whose_agent_died_moving_it_is_not_adopted_and_no_copy_runs(

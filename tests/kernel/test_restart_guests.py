@@ -14,7 +14,7 @@ import pytest
 
 from pymosix.testbed import TestBed
 from tests.kernel.conftest import wait_until
-from tests.kernel.jobs import Job, MakeBed
+from tests.kernel.jobs import Job, MakeBed, burst, burst_job, every_line_once
 from tests.kernel.test_reliability import _copies
 from tests.kernel.test_restart import COUNT, _holders, _ints, _restart
 
@@ -204,22 +204,6 @@ def test_a_restored_copy_not_yet_committed_dies_with_its_agent_at_once(
     assert len(_copies(token)) == 1
 
 
-#: Waits for a line on stdin, then writes LINES numbered lines of 100 bytes as fast as it can,
-#: then touches argv[1] and waits for SIGUSR1 (exit 7).
-LINES = 80_000
-BURST = (
-    "import os, signal, sys, time\n"
-    "signal.signal(signal.SIGUSR1, lambda *_: sys.exit(7))\n"
-    "sys.stdin.readline()\n"
-    f"for i in range(1, {LINES} + 1):\n"
-    "    sys.stdout.write(f'{i:09d} ' + 'x' * 89 + '\\n')\n"
-    "sys.stdout.flush()\n"
-    "open(sys.argv[1], 'w').close()\n"
-    "while True:\n"
-    "    time.sleep(1)\n"
-)
-
-
 def test_output_on_its_way_to_a_dying_home_agent_reaches_mosrun_once(
     make_bed: MakeBed, jobs: list[Job], user: str
 ) -> None:
@@ -228,34 +212,10 @@ def test_output_on_its_way_to_a_dying_home_agent_reaches_mosrun_once(
     the host sends again what mosrun lacks (migration/outlog.py), and mosrun's reader gets every
     line once, in order, none missing."""
     bed = make_bed(2)
-    marker = bed.shared_dir / f"pmx-burst-{secrets.token_hex(4)}"
-    job = Job(
-        bed,
-        1,
-        ["python3", "-c", BURST, str(marker)],
-        stdin=True,
-        user=user,
-        cwd=str(bed.shared_dir),
-        pumped=False,
-    )
+    job, marker = burst_job(bed, user)
     jobs.append(job)
     _moved(job, "0x640c", 0x640C)
-    assert job.proc.stdin is not None
-    job.proc.stdin.write(b"go\n")
-    job.proc.stdin.flush()
-    wait_until("the job to have written it all", marker.exists, 60)
+    burst(job, marker)
     _restart(bed, 1)
-    job.pump()
-    wait_until("the last line", lambda: job.out.endswith(f"{LINES:09d} {'x' * 89}\n".encode()), 60)
-    job.proc.send_signal(signal.SIGUSR1)
-    assert job.proc.wait(timeout=20) == 7
-    assert job.proc.stderr is not None
-    err = job.proc.stderr.read()
-    job.finish()
-    numbers = [int(line.split()[0]) for line in bytes(job.out).splitlines()]
-    assert numbers == list(range(1, LINES + 1)), (
-        f"{len(numbers)} lines; first out of place at "
-        f"{next((i for i, n in enumerate(numbers) if n != i + 1), None)}"
-    )
+    err = every_line_once(job)
     assert b"the agent restarted; the job goes on" in err
-    assert b"lost" not in err

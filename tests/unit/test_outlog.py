@@ -35,10 +35,26 @@ def test_confirmed_frames_are_forgotten_the_rest_sent_again_trimmed() -> None:
 
 
 def test_without_keeping_what_mosrun_lacks_is_counted_as_missing() -> None:
-    log = OutLog()  # home is this node: nothing kept
+    log = OutLog(keep=False)
     log.sent(1, log.stamp(1, 5), b"12345")
     log.stamp(1, 3)  # queued, not sent: not missing, it goes on the next link
     assert log.resend_from({1: 2, 2: 0}) == ([], 3)
+
+
+def test_a_job_taken_over_sends_first_what_mosrun_lacks_of_the_kept_frames() -> None:
+    log = OutLog()
+    kept = [(1, 10, b"abcdef"), (2, 0, b"ee"), (1, 16, b"gh")]
+    again, missing = log.adopt(kept, {1: 13, 2: 2})
+    assert again == [(1, 13, b"def"), (1, 16, b"gh")]
+    assert missing == 0
+    assert log.stamp(1, 4) == 18  # its next byte follows the last kept
+    assert log.stamp(2, 1) == 2
+    # A killed agent kept nothing: the stream goes on from mosrun's counts, nothing said.
+    log = OutLog()
+    assert log.adopt([], {1: 5, 2: 7}) == ([], 0)
+    assert log.stamp(2, 3) == 7
+    # Kept frames that begin past mosrun's count: the bytes between are lost, and counted.
+    assert OutLog().adopt([(1, 20, b"zz")], {1: 15, 2: 0}) == ([(1, 20, b"zz")], 5)
 
 
 def test_a_frame_of_one_fd_confirmed_behind_an_unconfirmed_one_of_the_other() -> None:

@@ -26,7 +26,7 @@ from pymosix.errors import (
     PymosixError,
 )
 from pymosix.ids import format_node_id
-from pymosix.migration import checkpoint, cputime, procstate
+from pymosix.migration import checkpoint, cputime, procstate, spool
 from pymosix.migration.away import AwayRecords
 from pymosix.migration.cantmove import cantmove
 from pymosix.migration.channel import accept_channel, frame_length
@@ -200,6 +200,14 @@ class MigrationEngine:
             how = "checkpointed home" if ok else "no checkpoint home"
             log.error("job %d of node %d could not leave: %s, left to its holder", *_key(job), how)
         for job in list(self.hosted.values()):
+            if job.holder is not None and job.state == "running":
+                # What it read of the job's output and mosrun may lack: for the next agent.
+                frames = job.leftover()
+                with contextlib.suppress(OSError):
+                    spool.write(self.records.dir, job.pid, frames)
+                kept = sum(len(d) for _, _, d in frames)
+                log.info("stopping: job %d: %d bytes of its output kept", job.meta.home_pid, kept)
+        for job in list(self.hosted.values()):
             if job.holder is None:  # a job at home waits for the next agent (restart.py)
                 job.deliver_signal(9)
         for t in list(self._conns):
@@ -259,7 +267,7 @@ class MigrationEngine:
         spent = checkpoint.resume_meta(job.meta, held)
         replay = job.stdin.since(held.stdin_at)  # what it read after the checkpoint, again
         hosted = await restore_job(self, job.meta, held.path, held.keys, replay, job.stdin_eof)
-        hosted.outlog.start_at(held.offsets, keep=False)  # it writes again from there
+        hosted.outlog.start_at(held.offsets, keep=True)  # it writes again from there
         hosted.link, home_end, hosted.in_end = *LocalLink.pair(), job.stdin.total
         self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
         with contextlib.suppress(OSError):

@@ -196,9 +196,7 @@ class HomeJob:
                 await self.to_host(Frame.EOF, {})
             elif kind_t == "ack":
                 got = positions(msg.get("o"))
-                # Passed on by _acks, the latest only: it never waits. A job at home keeps
-                # nothing to send again (a dead agent takes its queues with it).
-                if got is not None and self.node != self.meta.home_node:
+                if got is not None:  # passed on by _acks, the latest only: it never waits
                     self._ack = to_wire(got)
                     self._ack_ready.set()
             elif kind_t == "sig":

@@ -156,6 +156,7 @@ class HostedJob:
     _out_ended: set[int] = field(default_factory=set)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _unsent: tuple[int, dict[str, Any]] | None = None
+    _in_flight: tuple[int, dict[str, Any]] | None = None
     _measured: bool = False
     _sending: bool = False
     _receiving: asyncio.Task[None] | None = None
@@ -293,14 +294,14 @@ class HostedJob:
                     continue
             if item is None:
                 break
-            self._sending = True
+            self._sending, self._in_flight = True, item
             try:
                 await self.link.send(*item)
             except EOFError:
                 self._unsent = item  # for the link to home's next agent, if one comes
                 return
             finally:
-                self._sending = False
+                self._sending, self._in_flight = False, None
             if item[0] == Frame.OUT:
                 p = item[1]
                 self.outlog.sent(p["fd"], p["at"], p["data"])
@@ -339,6 +340,37 @@ class HostedJob:
         if self.state == "running":
             self._outq.put_nowait((kind, payload))
         return self.state == "running"
+
+    def leftover(self) -> list[tuple[int, int, bytes]]:
+        """The agent stops and leaves the job to its holder: its pipes are read no more, and
+        this is what it read that mosrun may lack, in order (spool.py keeps it for the next)."""
+        self._unwatch_output()
+        items = [*self._resend, self._in_flight, self._unsent]
+        while not self._outq.empty():
+            items.append(self._outq.get_nowait())
+        frames = list(self.outlog.unconfirmed)
+        for item in items:
+            if item is not None and item[0] == Frame.OUT:
+                p = item[1]
+                frames.append((int(p["fd"]), int(p["at"]), bytes(p["data"])))
+        return frames
+
+    def adopt_output(self, frames: list[tuple[int, int, bytes]], wire: object) -> None:
+        """Taken over from an agent that stopped (`frames`: what it kept) or died (none): the
+        stream stands where home says (`[stdout, stderr]`: mosrun's counts, or home's); what
+        of the kept frames lies beyond goes first."""
+        got = positions(wire)
+        if got is None:
+            return
+        again, missing = self.outlog.adopt(frames, got)
+        if frames:
+            size = sum(len(d) for _, _, d in again)
+            log.info("job %d: %d bytes of its output to send again", self.meta.home_pid, size)
+        self._resend = [
+            (Frame.OUT, {"fd": fd, "data": data, "at": at, "again": True}) for fd, at, data in again
+        ]
+        if missing:
+            log.warning("job %d: %d bytes of output were not kept", self.meta.home_pid, missing)
 
     async def drained(self, timeout_s: float) -> bool:
         """Whether every frame queued for home went out within timeout_s (a stopping agent's
@@ -429,12 +461,11 @@ class HostedJob:
         if missing:
             log.warning("job %d: %d bytes of output were not kept", self.meta.home_pid, missing)
 
-    def output_from(self, wire: object, home_is_here: bool) -> None:
-        """Home says where the job's output stands (a commit or a rejoin: COMMITTED's out_at);
-        what goes from here is kept until mosrun has it, unless home is this node."""
+    def output_from(self, wire: object) -> None:
+        """Home says where the job's output stands (a commit: COMMITTED's out_at)."""
         pos = positions(wire)
         if pos is not None:
-            self.outlog.start_at(pos, keep=not home_is_here)
+            self.outlog.start_at(pos, keep=True)
 
     async def _move_for_home(self, target: int) -> None:
         try:

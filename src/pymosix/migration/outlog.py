@@ -35,10 +35,10 @@ def to_wire(pos: dict[int, int]) -> list[int]:
 @dataclass
 class OutLog:
     """Per fd: where the job's next byte falls (`next`), and the frames sent home that mosrun
-    has not confirmed, oldest first (only when `keep`: home is another node)."""
+    has not confirmed, oldest first (unless not `keep`)."""
 
     next: dict[int, int] = field(default_factory=lambda: dict.fromkeys(FDS, 0))
-    keep: bool = False
+    keep: bool = True
     unconfirmed: deque[tuple[int, int, bytes]] = field(default_factory=deque)
     #: Bytes held in `unconfirmed`; per fd, the position after the last byte sent.
     held: int = 0
@@ -51,6 +51,19 @@ class OutLog:
         self.keep = keep
         self.unconfirmed.clear()
         self.held = 0
+
+    def adopt(
+        self, frames: list[tuple[int, int, bytes]], got: dict[int, int]
+    ) -> tuple[list[tuple[int, int, bytes]], int]:
+        """A job taken over from a stopped agent, with the frames it kept (spool.py) and where
+        mosrun's stream stands: what to send first, as resend_from says; the job's next byte
+        follows the last kept."""
+        ends = {fd: got.get(fd, 0) for fd in FDS}
+        for fd, at, data in frames:
+            ends[fd] = max(ends.get(fd, 0), at + len(data))
+        self.next, self.sent_to = dict(ends), dict(ends)
+        self.unconfirmed = deque(frames)
+        return self.resend_from(got)
 
     def stamp(self, fd: int, size: int) -> int:
         """The position of `size` bytes the job wrote on `fd` next."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pymosix.errors import AuthError
-from pymosix.migration import procstate
+from pymosix.migration import procstate, spool
 from pymosix.migration.cantmove import tree_pids
 from pymosix.migration.channel import open_channel
 from pymosix.migration.holder import Holder
@@ -85,9 +85,9 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
                 os.close(fd)
         return False
     hosted.link, hosted.in_end = link, int(said.get("in_at") or 0)
-    # What the dead agent had read from its pipes and not sent is lost: its next byte is
-    # placed where home's stream stands.
-    hosted.output_from(said.get("out_at"), home_is_here=False)
+    # What a stopped agent kept goes first, from where home's stream stands (a killed one's
+    # is lost).
+    hosted.adopt_output(spool.take(engine.records.dir, holder.pid), said.get("out_at"))
     engine.add_hosted(hosted)
     log.info("guest %d of node %d taken back (pid %d here)", home_pid, home_node, holder.pid)
     return True
@@ -105,6 +105,7 @@ def _fence(pid: int) -> set[int]:
 def _give_up(holder: Holder) -> None:
     holder.kill()
     holder.release()
+    spool.drop(holder.path.parent, holder.pid)  # beside its socket, in the records' directory
 
 
 async def home_again(engine: MigrationEngine, job: HostedJob) -> Link | None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pymosix.control_server import ControlConnection
 from pymosix.errors import PymosixError
 from pymosix.ids import format_node_id
+from pymosix.migration import spool
 from pymosix.migration.away import Waiting
 from pymosix.migration.holder import Holder, socket_path
 from pymosix.migration.home import LOST_STATUS, HomeJob
@@ -175,6 +176,7 @@ class Restarts:
         if rec is None:
             return
         log.warning("job %d: its mosrun did not come back; killed", home_pid)
+        spool.drop(self.engine.records.dir, int(rec["pid"]))
         if start_time(rec["pid"]) == rec["start"]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec["pid"], signal.SIGKILL)
@@ -266,9 +268,9 @@ class Restarts:
         host_end, home_end = LocalLink.pair()
         hosted = HostedJob.from_holder(engine, meta, holder, host_end, stdin_eof)
         home = HomeJob(engine, meta, conn, home_end, me, user=user_name(meta.uid))
-        # What the dead agent had read from the pipes and not sent is lost: the stream goes on
-        # from what mosrun has.
-        hosted.outlog.start_at(got, keep=False)
+        # From what mosrun has: first what a stopped agent kept of the job's output (a killed
+        # one's is lost), then the pipes again.
+        hosted.adopt_output(spool.take(engine.records.dir, holder.pid), to_wire(got))
         home.out.received(got)
         home.stdin_eof = hosted.stdin_eof
         engine.home_jobs[meta.home_pid] = home
