@@ -120,3 +120,22 @@ def test_a_cursor_with_positions_drops_repeats_and_steps_over_a_gap() -> None:
     assert c.next_pos() == [10, 0]
     c.received({1: 4, 2: 7})
     assert c.next_pos() == [4, 7]
+
+
+def test_an_older_mosrun_says_no_count_the_next_frame_says_where_the_stream_stands() -> None:
+    c = Cursor()
+    c.received(None)
+    assert c.lacks(1, 5000) == 0  # not a gap: nobody knows
+    assert c.take(1, b"abc", 5000) == b"abc"
+    assert c.take(1, b"cd", 5002) == b"d"  # from then on, positions as ever
+    assert c.lacks(1, 5010) == 6
+    assert c.take(2, b"e", 10) == b"e"
+
+
+def test_forget_keeps_nothing_more() -> None:
+    log = OutLog()
+    log.sent(1, log.stamp(1, 3), b"abc")
+    log.forget()
+    log.sent(1, log.stamp(1, 3), b"def")
+    assert not log.unconfirmed
+    assert log.held == 0

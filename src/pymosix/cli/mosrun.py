@@ -198,6 +198,7 @@ def request(o: Options) -> dict[str, Any]:
         "best": o.best and not placed,
         "lock": lock,
         "checkpoint": o.checkpoint,
+        "acks": True,  # it confirms the output it gets (migration/outlog.py)
     }
 
 

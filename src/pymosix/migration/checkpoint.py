@@ -122,10 +122,16 @@ class Cursor:
 
     sent: dict[int, int] = field(default_factory=dict)
     pos: dict[int, int] = field(default_factory=dict)
+    #: fds whose position mosrun did not say (a mosrun older than its agent): the next frame's
+    #: is taken as where the stream stands.
+    unknown: set[int] = field(default_factory=set)
 
     def take(self, fd: int, data: bytes | memoryview, at: int | None = None) -> bytes | memoryview:
         """What of `data`, written by the job on `fd` from position `at` (the frame's; else
         where the last one ended), goes to mosrun (a slice: no copy)."""
+        if at is not None and fd in self.unknown:
+            self.unknown.discard(fd)
+            self.sent[fd] = self.pos[fd] = at
         sent = self.sent.get(fd, 0)
         pos = self.pos.get(fd, sent) if at is None else at
         out = fresh(sent, pos, data)
@@ -136,14 +142,18 @@ class Cursor:
 
     def lacks(self, fd: int, at: int) -> int:
         """Bytes before position `at` that mosrun never had (lost on the way: a gap)."""
-        return max(0, at - self.sent.get(fd, 0))
+        return 0 if fd in self.unknown else max(0, at - self.sent.get(fd, 0))
 
     def next_pos(self) -> list[int]:
         """Where the job's next byte on each of stdout, stderr falls (outlog.to_wire's order)."""
         return [self.pos.get(fd, self.sent.get(fd, 0)) for fd in (1, 2)]
 
-    def received(self, got: dict[int, int]) -> None:
-        """mosrun has `got[fd]` bytes (its reattach, after home's agent restarted)."""
+    def received(self, got: dict[int, int] | None) -> None:
+        """mosrun has `got[fd]` bytes (its reattach, after home's agent restarted); None: it
+        did not say (an older mosrun): the stream stands where the next frame says."""
+        if got is None:
+            self.unknown = {1, 2}
+            return
         self.sent = dict(got)
         self.pos = dict(got)
 

@@ -267,7 +267,7 @@ class MigrationEngine:
         spent = checkpoint.resume_meta(job.meta, held)
         replay = job.stdin.since(held.stdin_at)  # what it read after the checkpoint, again
         hosted = await restore_job(self, job.meta, held.path, held.keys, replay, job.stdin_eof)
-        hosted.outlog.start_at(held.offsets, keep=True)  # it writes again from there
+        hosted.outlog.start_at(held.offsets, keep=job.acks)  # it writes again from there
         hosted.link, home_end, hosted.in_end = *LocalLink.pair(), job.stdin.total
         self.add_hosted(hosted)  # first: a cancelled restore leaves no unknown process
         with contextlib.suppress(OSError):
@@ -350,6 +350,8 @@ class MigrationEngine:
         home = HomeJob(
             self, meta, conn, home_end, self.agent.node_id, user=user_name(conn.peer.uid)
         )
+        # A mosrun that confirms what it gets (this version's): the output is kept until then.
+        home.acks = hosted.outlog.keep = bool(req.get("acks"))
         self.home_jobs[home_pid] = home
         self.add_hosted(hosted)
         log.info("job %d started for uid %d: %s", home_pid, conn.peer.uid, " ".join(argv)[:200])

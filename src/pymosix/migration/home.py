@@ -100,7 +100,9 @@ class HomeJob:
     stdin: InputLog = field(default_factory=InputLog)
     _attached: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
-    #: mosrun's last count of output received, to pass on to the job's host (outlog.py).
+    #: Whether mosrun confirms the output it gets (one older than this agent does not: then
+    #: the job's host keeps nothing for it); its last count, to pass on (outlog.py).
+    acks: bool = False
     _ack: list[int] | None = None
     _ack_ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: Links of nodes the job left, served until they close (migration/handover.py).
@@ -393,7 +395,7 @@ class HomeJob:
             return False
         if await self.engine.faults.passes("COMMITTED"):
             with contextlib.suppress(EOFError):
-                await link.send(Frame.COMMITTED, {"out_at": self.out.next_pos()})
+                await link.send(Frame.COMMITTED, {"out_at": self.out.next_pos(), "keep": self.acks})
         else:
             link.close()  # lost with its connection, as TCP loses a frame
         old, self.link, self.node = self.link, link, node
@@ -429,7 +431,8 @@ class HomeJob:
             return False
         try:
             await link.send(
-                Frame.COMMITTED, {"in_at": self.stdin.total, "out_at": self.out.next_pos()}
+                Frame.COMMITTED,
+                {"in_at": self.stdin.total, "out_at": self.out.next_pos(), "keep": self.acks},
             )
         except EOFError:
             return False

@@ -355,23 +355,6 @@ class HostedJob:
                 frames.append((int(p["fd"]), int(p["at"]), bytes(p["data"])))
         return frames
 
-    def adopt_output(self, frames: list[tuple[int, int, bytes]], wire: object) -> None:
-        """Taken over from an agent that stopped (`frames`: what it kept) or died (none): the
-        stream stands where home says (`[stdout, stderr]`: mosrun's counts, or home's); what
-        of the kept frames lies beyond goes first."""
-        got = positions(wire)
-        if got is None:
-            return
-        again, missing = self.outlog.adopt(frames, got)
-        if frames:
-            size = sum(len(d) for _, _, d in again)
-            log.info("job %d: %d bytes of its output to send again", self.meta.home_pid, size)
-        self._resend = [
-            (Frame.OUT, {"fd": fd, "data": data, "at": at, "again": True}) for fd, at, data in again
-        ]
-        if missing:
-            log.warning("job %d: %d bytes of output were not kept", self.meta.home_pid, missing)
-
     async def drained(self, timeout_s: float) -> bool:
         """Whether every frame queued for home went out within timeout_s (a stopping agent's
         last checkpoint of a guest must reach home before the agent exits)."""
@@ -447,25 +430,46 @@ class HostedJob:
             self._outq.put_nowait((Frame.BEAT, {}))  # wakes the sender: the resend goes first
         return True
 
-    def resend_from(self, wire: object) -> None:
-        """Home's next agent says what mosrun has (`[stdout, stderr]`): what it lacks of what
-        went to the dead agent is sent again, first (outlog.py)."""
-        got = positions(wire)
+    def resend_from(self, said: dict[str, Any]) -> None:
+        """Home's next agent says what mosrun has (COMMITTED's out_at, `[stdout, stderr]`):
+        what it lacks of what went to the dead agent is sent again, first (outlog.py)."""
+        got = positions(said.get("out_at"))
+        if got is None:  # an older home or mosrun: as before, it may lack some
+            self.outlog.forget()
+            return
+        self.outlog.keep = bool(said.get("keep"))
+        self._send_first(*self.outlog.resend_from(got))
+
+    def output_from(self, said: dict[str, Any]) -> None:
+        """Home says where the job's output stands (a commit: COMMITTED's out_at), and whether
+        its mosrun confirms what it gets (keep: else nothing is kept for it)."""
+        pos = positions(said.get("out_at"))
+        if pos is None:
+            self.outlog.forget()
+        else:
+            self.outlog.start_at(pos, keep=bool(said.get("keep")))
+
+    def adopt_output(self, kept: list[tuple[int, int, bytes]], said: dict[str, Any]) -> None:
+        """Taken over from an agent that stopped (`kept`: what it spooled) or died (none): the
+        stream stands where home says (out_at: mosrun's counts, or home's); what of the kept
+        frames lies beyond goes first."""
+        got = positions(said.get("out_at"))
         if got is None:
-            return  # a home that keeps no count (an older agent): as before, it may lack some
-        frames, missing = self.outlog.resend_from(got)
+            self.outlog.forget()
+            return
+        again, missing = self.outlog.adopt(kept, got)
+        self.outlog.keep = bool(said.get("keep"))
+        if kept:
+            size = sum(len(d) for _, _, d in again)
+            log.info("job %d: %d bytes of its output to send again", self.meta.home_pid, size)
+        self._send_first(again, missing)
+
+    def _send_first(self, again: list[tuple[int, int, bytes]], missing: int) -> None:
         self._resend = [
-            (Frame.OUT, {"fd": fd, "data": data, "at": at, "again": True})
-            for fd, at, data in frames
+            (Frame.OUT, {"fd": fd, "data": data, "at": at, "again": True}) for fd, at, data in again
         ]
         if missing:
             log.warning("job %d: %d bytes of output were not kept", self.meta.home_pid, missing)
-
-    def output_from(self, wire: object) -> None:
-        """Home says where the job's output stands (a commit: COMMITTED's out_at)."""
-        pos = positions(wire)
-        if pos is not None:
-            self.outlog.start_at(pos, keep=True)
 
     async def _move_for_home(self, target: int) -> None:
         try:

@@ -52,6 +52,12 @@ class OutLog:
         self.unconfirmed.clear()
         self.held = 0
 
+    def forget(self) -> None:
+        """Keep nothing from now on (a mosrun that confirms nothing: it is older than this)."""
+        self.keep = False
+        self.unconfirmed.clear()
+        self.held = 0
+
     def adopt(
         self, frames: list[tuple[int, int, bytes]], got: dict[int, int]
     ) -> tuple[list[tuple[int, int, bytes]], int]:

@@ -87,7 +87,7 @@ async def rejoin_guest(engine: MigrationEngine, rec: dict[str, Any]) -> bool:
     hosted.link, hosted.in_end = link, int(said.get("in_at") or 0)
     # What a stopped agent kept goes first, from where home's stream stands (a killed one's
     # is lost).
-    hosted.adopt_output(spool.take(engine.records.dir, holder.pid), said.get("out_at"))
+    hosted.adopt_output(spool.take(engine.records.dir, holder.pid), said)
     engine.add_hosted(hosted)
     log.info("guest %d of node %d taken back (pid %d here)", home_pid, home_node, holder.pid)
     return True
@@ -119,7 +119,7 @@ async def home_again(engine: MigrationEngine, job: HostedJob) -> Link | None:
         log.warning("job %d: %s", job.meta.home_pid, why)
         return None
     job.in_end = int(said.get("in_at") or 0)
-    job.resend_from(said.get("out_at"))  # what the dead agent had not passed on to mosrun
+    job.resend_from(said)  # what the dead agent had not passed on to mosrun
     log.info("job %d: linked to its home again", job.meta.home_pid)
     return link
 

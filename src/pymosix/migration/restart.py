@@ -187,7 +187,7 @@ class Restarts:
         self, req: dict[str, Any], conn: ControlConnection
     ) -> dict[str, Any] | None:
         # What mosrun has of the job's output: the stream goes on from there (outlog.py).
-        got = positions(req.get("got")) or {1: 0, 2: 0}
+        got = positions(req.get("got"))  # None: a mosrun older than this agent
         if conn.peer.pid in self.away:
             await self._reattach_away(conn, got)
             return None
@@ -208,7 +208,7 @@ class Restarts:
             await self._serve(rec, holder, conn, bool(req.get("stdin_eof")), got)
         return None
 
-    async def _reattach_away(self, conn: ControlConnection, got: dict[int, int]) -> None:
+    async def _reattach_away(self, conn: ControlConnection, got: dict[int, int] | None) -> None:
         """mosrun of a job away from home: the job's new deputy once its host rejoins."""
         waiting = self.away[conn.peer.pid]
         why = reattach_refusal(waiting.rec, conn.peer.uid, start_time(conn.peer.pid))
@@ -233,9 +233,12 @@ class Restarts:
         engine = self.engine
         home = HomeJob(engine, meta, conn, link, node, user=user_name(meta.uid))
         home.out.received(got)
+        home.acks = got is not None
         with contextlib.suppress(EOFError):  # the host went meanwhile: serve() says so
-            # The host sends again what mosrun lacks of what went to the dead agent.
-            await link.send(Frame.COMMITTED, {"in_at": 0, "out_at": to_wire(got)})
+            # The host sends again what mosrun lacks of what went to the dead agent (not to
+            # an older mosrun, which says nothing of what it has, and confirms nothing).
+            said = {} if got is None else {"out_at": to_wire(got), "keep": True}
+            await link.send(Frame.COMMITTED, {"in_at": 0, **said})
         engine.home_jobs[meta.home_pid] = home
         engine.placed(home)
         log.info("job %d (on node %d) re-attached to its mosrun", meta.home_pid, node)
@@ -261,7 +264,7 @@ class Restarts:
         holder: Holder,
         conn: ControlConnection,
         stdin_eof: bool,
-        got: dict[int, int],
+        got: dict[int, int] | None,
     ) -> None:
         engine, me = self.engine, self.engine.agent.node_id
         meta = JobMeta.from_wire(rec["meta"])
@@ -270,8 +273,13 @@ class Restarts:
         home = HomeJob(engine, meta, conn, home_end, me, user=user_name(meta.uid))
         # From what mosrun has: first what a stopped agent kept of the job's output (a killed
         # one's is lost), then the pipes again.
-        hosted.adopt_output(spool.take(engine.records.dir, holder.pid), to_wire(got))
+        kept = spool.take(engine.records.dir, holder.pid)
+        if got is None:  # an older mosrun: it can neither say what it has nor confirm
+            hosted.adopt_output([], {"out_at": [0, 0], "keep": False})
+        else:
+            hosted.adopt_output(kept, {"out_at": to_wire(got), "keep": True})
         home.out.received(got)
+        home.acks = got is not None
         home.stdin_eof = hosted.stdin_eof
         engine.home_jobs[meta.home_pid] = home
         engine.add_hosted(hosted)
