@@ -19,7 +19,7 @@ from pymosix.cgroups import (
     parse_cpu_list,
     parse_mountinfo,
 )
-from pymosix.load.sampler import Sampler
+from pymosix.load.sampler import Sampler, running_criu
 
 HYBRID = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -104,6 +104,30 @@ def test_sampler_at_the_root_uses_the_run_queue(tmp_path: Path, mode: str) -> No
     proc = fake_proc(tmp_path, {}, line.replace("/node1", "/"))
     assert tree.own(proc) is None
     assert Sampler(proc=proc, tree=tree).runnable() == 3  # procs_running less the agent itself
+
+
+def test_on_a_whole_host_only_the_agents_own_running_criu_is_not_load(tmp_path: Path) -> None:
+    """The agent (1000, two threads) runs a dump (1001, criu) and a restore's launcher (1002)
+    whose holder (1003) runs criu (1004, sleeping); 2000 is somebody else's criu, running."""
+    proc = fake_proc(tmp_path, {}, "0::/")
+    kids = {1000: {1000: "1001", 1009: "1002"}, 1002: {1002: "1003"}, 1003: {1003: "1004"}}
+    for pid, comm, state in [
+        (1001, "criu", "R"),
+        (1002, "python3", "S"),
+        (1003, "python3", "S"),
+        (1004, "criu", "S"),
+        (2000, "criu", "R"),
+    ]:
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "stat").write_text(f"{pid} ({comm}) {state} 1 2 3\n")
+    for pid, tasks in kids.items():
+        for tid, children in tasks.items():
+            (proc / str(pid) / "task" / str(tid)).mkdir(parents=True)
+            (proc / str(pid) / "task" / str(tid) / "children").write_text(children + " ")
+    assert running_criu(1000, proc) == 1
+    (proc / "1004" / "stat").write_text("1004 (criu) R 1 2 3\n")
+    assert running_criu(1000, proc) == 2
+    assert running_criu(1003, proc) == 1
 
 
 @pytest.mark.parametrize("mode", ["v2-cpuset", "v2-affinity"])
