@@ -13,6 +13,7 @@ root and the unix peers are parameters so tests feed fake ones.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -21,6 +22,8 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from pymosix.proctree import children
 
 #: Devices that exist the same on every node, by path: what is checked when stat() fails.
 _HARMLESS_DEVICES = {"/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/full"}
@@ -252,17 +255,8 @@ def tree_pids(pid: int, proc: Path = Path("/proc")) -> list[int]:
     while todo:
         p = todo.pop()
         out.append(p)
-        try:
-            tasks = os.listdir(proc / str(p) / "task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                todo += [
-                    int(c) for c in (proc / str(p) / "task" / t / "children").read_text().split()
-                ]
-            except OSError:
-                continue
+        with contextlib.suppress(FileNotFoundError):
+            todo += children(p, proc)
     return out
 
 
