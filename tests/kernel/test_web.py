@@ -228,6 +228,12 @@ def test_drag_a_job_onto_the_other_node_moves_it(
     page.click('[data-verb="block"]')
     wait_until("block to be off", lambda: not bed.call(1, "status")["flags"]["block"], 10.0)
     page.fill("#speed", "12000")
+    # The page redraws with every state pushed: what was typed stays (CI once lost it).
+    live = page.inner_text("#live")
+    page.wait_for_function(
+        "([was]) => document.querySelector('#live').textContent !== was", arg=[live]
+    )
+    assert page.input_value("#speed") == "12000"
     page.click('[data-verb="setspeed"]')
     wait_until("the speed to be set", lambda: bed.call(1, "status")["flags"]["speed"] == 12000, 10)
     # bring: the job on node2 comes home, and this node's jobs stay (lstay).

@@ -8,6 +8,7 @@ let state = null;       // the last state pushed
 let pending = null;     // a state that came while a job was being dragged
 let dragging = false;
 let socket = null;
+let speedDraft = null;  // what was typed in the speed box: a redraw must not wipe it
 const moving = new Set(); // job keys with a move under way
 const MAX_BUBBLES = 16;
 
@@ -229,8 +230,10 @@ function controls(flags) {
     onclick: () => command("expel")}, "expel"));
   box.append(el("button", {"data-verb": "bring", title: "bring this node's jobs home; lstay",
     onclick: () => command("bring")}, "bring"));
-  const speed = el("input", {type: "number", min: 1, value: flags.speed, id: "speed"});
-  box.append(speed, el("button", {"data-verb": "setspeed", onclick: () => command("setspeed", Number(speed.value))}, "setspeed"));
+  const speed = el("input", {type: "number", min: 1, value: speedDraft ?? flags.speed, id: "speed",
+    oninput: () => { speedDraft = speed.value; }});
+  const set = () => { const v = Number(speed.value); speedDraft = null; command("setspeed", v); };
+  box.append(speed, el("button", {"data-verb": "setspeed", onclick: set}, "setspeed"));
   return box;
 }
 
@@ -265,7 +268,9 @@ function render(s) {
     byNode.get(j.node).push(j);
   }
   const map = $("#map");
+  const typing = document.activeElement && document.activeElement.id === "speed";
   map.replaceChildren(...s.nodes.map((n) => nodeCard(n, byNode.get(n.node_id) || [])));
+  if (typing && $("#speed")) $("#speed").focus();  // the redraw goes on under the typing
   $("#jobs-scope").textContent = s.jobs_scope;
   const jobs = $("#jobs tbody");
   jobs.replaceChildren();
