@@ -180,3 +180,23 @@ def test_images_at_rest_are_root_only_and_gone_after_the_move(
         assert mode == ("700" if path.count("/") == 4 else "600"), line
     assert bed.glob(2, "/dev/shm/pymosix-640c-*/in-*") == [], "nothing is left once the job runs"
     assert bed.glob(1, "/dev/shm/pymosix-640b-*/out-*") == []
+
+
+def test_a_move_asked_for_a_job_that_exits_meanwhile_ends_at_once(
+    make_bed: MakeBed, jobs: list[Job], user: str
+) -> None:
+    """The target is slow to answer the offer; the job exits meanwhile: `migrate` says so and
+    ends, it does not wait out its 300 s (CI: a job that hit its CPU limit mid-move)."""
+    bed = make_bed(2)
+    job = Job(
+        bed, 1, ["python3", "-c", "import time; print(1, flush=True); time.sleep(2)"], user=user
+    )
+    jobs.append(job)
+    job.counts(1)
+    bed.set_faults(2, "delay READY 5\n")
+    t0 = time.monotonic()
+    r = job.migrate("0x640c")
+    assert r.returncode != 0
+    assert "the job exited meanwhile" in r.stderr
+    assert time.monotonic() - t0 < 10
+    assert job.proc.wait(timeout=10) == 0

@@ -142,6 +142,10 @@ class HomeJob:
             self.link.close()
             self.checkpoints.remove()
             self.engine.home_gone(self)
+            if self.move_result is not None and not self.move_result.done():
+                # It ended while a move was asked for: its host's answer went with it.
+                how = "exited" if self.state == "exited" else "was gone"
+                self.move_result.set_result({"ok": False, "error": f"the job {how} meanwhile"})
 
     async def to_host(self, kind: int, payload: dict[str, Any]) -> None:
         if self.paused and kind in (Frame.IN, Frame.EOF):
