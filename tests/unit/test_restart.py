@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pymosix.migration import spool
 from pymosix.migration.holder import Holder
 from pymosix.migration.orphans import JobRecords, holder_answers
 from pymosix.migration.restart import reattach_refusal
@@ -39,6 +40,9 @@ def test_a_job_whose_holder_answers_is_left_for_adoption_and_one_without_is_remo
         gone_holder.touch()  # a holder that was killed left its socket file
         dead.record(held.pid, 0x640B, 11, {"holder": str(live_holder), "meta": {"uid": 5}})
         dead.record(unheld.pid, 0x640B, 12, {"holder": str(gone_holder)})
+        # What a stopped agent kept of their output (spool.py): the adoptable job's stays.
+        for pid in (held.pid, unheld.pid, 1):
+            spool.write(dead.dir, pid, [(1, 0, b"out")])
         me = JobRecords(tmp_path)
         killed = me.sweep()
         assert [k["pid"] for k in killed] == [unheld.pid]
@@ -48,6 +52,7 @@ def test_a_job_whose_holder_answers_is_left_for_adoption_and_one_without_is_remo
         assert (left["pid"], left["home_pid"], left["meta"]) == (held.pid, 11, {"uid": 5})
         assert Path(left["file"]).exists(), "the record stays until the job is adopted"
         assert not gone_holder.exists()
+        assert sorted(dead.dir.glob("out-*.spool")) == [spool.path(dead.dir, held.pid)]
     finally:
         listening.close()
         for p in (held, unheld):

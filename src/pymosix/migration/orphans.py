@@ -106,6 +106,12 @@ class JobRecords:
                         agent,
                     )
             f.unlink(missing_ok=True)
+        # Output a stopped agent kept (spool.py) for jobs nobody will adopt goes too.
+        adoptable = {r["pid"] for r in self.left}
+        for f in self.dir.glob("out-*.spool") if self.dir.is_dir() else []:
+            pid = f.name.removeprefix("out-").removesuffix(".spool")
+            if not pid.isdigit() or int(pid) not in adoptable:
+                f.unlink(missing_ok=True)
         return killed
 
 
