@@ -295,10 +295,13 @@ class HostedJob:
             if item is None:
                 break
             self._sending, self._in_flight = True, item
+            link = self.link
             try:
-                await self.link.send(*item)
+                await link.send(*item)
             except EOFError:
                 self._unsent = item  # for the link to home's next agent, if one comes
+                if self.link is not link:
+                    continue  # it came while this send failed: go on there (no one restarts us)
                 return
             finally:
                 self._sending, self._in_flight = False, None
