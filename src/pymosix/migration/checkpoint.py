@@ -41,6 +41,7 @@ from pymosix.migration.criu import CriuDriver, resume_dumped
 from pymosix.migration.images import ImageError, ImageReceiver
 from pymosix.migration.lifecycle import JobMeta, Keeper
 from pymosix.migration.link import Frame
+from pymosix.migration.outlog import FDS, to_wire
 
 
 class _Node(Protocol):
@@ -146,7 +147,7 @@ class Cursor:
 
     def next_pos(self) -> list[int]:
         """Where the job's next byte on each of stdout, stderr falls (outlog.to_wire's order)."""
-        return [self.pos.get(fd, self.sent.get(fd, 0)) for fd in (1, 2)]
+        return to_wire({fd: self.pos.get(fd, self.sent.get(fd, 0)) for fd in FDS})
 
     def received(self, got: dict[int, int] | None) -> None:
         """mosrun has `got[fd]` bytes (its reattach, after home's agent restarted); None: it

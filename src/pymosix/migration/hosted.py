@@ -443,19 +443,11 @@ class HostedJob:
         self.outlog.keep = bool(said.get("keep"))
         self._send_first(*self.outlog.resend_from(got))
 
-    def output_from(self, said: dict[str, Any]) -> None:
-        """Home says where the job's output stands (a commit: COMMITTED's out_at), and whether
-        its mosrun confirms what it gets (keep: else nothing is kept for it)."""
-        pos = positions(said.get("out_at"))
-        if pos is None:
-            self.outlog.forget()
-        else:
-            self.outlog.start_at(pos, keep=bool(said.get("keep")))
-
     def adopt_output(self, kept: list[tuple[int, int, bytes]], said: dict[str, Any]) -> None:
-        """Taken over from an agent that stopped (`kept`: what it spooled) or died (none): the
-        stream stands where home says (out_at: mosrun's counts, or home's); what of the kept
-        frames lies beyond goes first."""
+        """Where the job's output stands, as home says (COMMITTED's out_at: mosrun's counts, or
+        home's), and whether its mosrun confirms what it gets (keep: else nothing is kept for
+        it). Taken over from an agent that stopped, `kept` is what that one spooled: what of it
+        lies beyond goes first. On a move's commit, or after a kill -9, nothing is kept."""
         got = positions(said.get("out_at"))
         if got is None:
             self.outlog.forget()

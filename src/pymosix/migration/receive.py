@@ -196,7 +196,7 @@ async def commit(engine: MigrationEngine, job: HostedJob, move: str) -> str | No
         if kind == Frame.COMMITTED and link is not None:
             m.step(E.HOME_COMMITTED, time.monotonic())
             job.link = link
-            job.output_from(said)
+            job.adopt_output([], said)
             return None
         if link is not None:
             link.close()
